@@ -1,0 +1,30 @@
+# clrepro: the two set-up commands are `make quickstart` and `make test`.
+PY ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml ci/constraints.txt | sha1sum | cut -c1-12)
+CLREPRO := $(VENV)/bin/clrepro
+
+.PHONY: venv quickstart test test-fast bench tables clean
+
+venv: $(STAMP)
+
+# (Re)create the environment when it is missing or pyproject/constraints changed.
+$(STAMP): pyproject.toml ci/constraints.txt
+	rm -rf $(VENV)
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q torch==2.13.0 -c ci/constraints.txt
+	$(VENV)/bin/pip install -q -c ci/constraints.txt -e ".[test]"
+	touch $@
+
+quickstart: venv
+	$(CLREPRO) run hat_pmnist --out outputs/quickstart
+
+test: venv
+	$(VENV)/bin/python -m pytest
+
+bench: venv
+	$(VENV)/bin/python benchmarks/hat_step_overhead.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

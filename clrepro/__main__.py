@@ -1,0 +1,5 @@
+"""`python -m clrepro` runs the command-line interface."""
+
+from clrepro.cli.main import main
+
+raise SystemExit(main())

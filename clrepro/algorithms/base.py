@@ -1,0 +1,106 @@
+"""The algorithm interface: the hook points the engine calls; the engine never looks further inside."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clrepro.backbones.base import Backbone
+from clrepro.backbones.heads import SCENARIOS, Heads
+from clrepro.data.task import Task
+
+
+@dataclass(frozen=True)
+class Step:
+    """Where a training step sits: task, epoch, 0-based batch index within the epoch, batches per epoch."""
+
+    task_id: int
+    epoch: int
+    batch_idx: int
+    num_batches: int
+    global_step: int
+
+
+@dataclass
+class Batch:
+    """A training batch: inputs, scenario targets, and its task id (an int, or per-sample ids for joint)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    task_id: int | torch.Tensor
+
+
+@dataclass
+class NoHyperparameters:
+    """An algorithm without hyperparameters."""
+
+
+class CLAlgorithm(nn.Module):
+    """Base class: holds the backbone and heads and answers the engine's hooks.
+
+    Hooks, in the order the engine calls them for task t:
+      setup_task(task, num_batches) → [per step: training_loss → backward → after_backward →
+      optimizer step → after_optimizer_step] → end_task(task) → forward(x, t, "test") on tasks 1..t.
+    Subclasses declare `Config` (a dataclass of hyperparameters built with `hp`).
+    """
+
+    Config: ClassVar[type] = NoHyperparameters
+    scenarios: ClassVar[tuple[str, ...]] = SCENARIOS
+    requires_masked_backbone: ClassVar[bool] = False
+    # The reference steps ReduceLROnPlateau only for algorithms with automatic optimisation (algorithms.md §0, A11).
+    lr_scheduler_live: ClassVar[bool] = True
+    # A multitask algorithm (Joint) trains once on all tasks together instead of task by task.
+    multitask: ClassVar[bool] = False
+    summary: ClassVar[str] = ""
+
+    def __init__(self, backbone: Backbone, heads: Heads, cfg, num_tasks: int) -> None:
+        super().__init__()
+        self.backbone, self.heads, self.cfg, self.num_tasks = backbone, heads, cfg, num_tasks
+        self.task_id = 0
+        self.seen_tasks: list[int] = []
+
+    # ----- task boundaries -------------------------------------------------------------------------
+    def setup_task(self, task: Task, num_batches: int) -> None:
+        """Before fitting task t: create its head and remember it."""
+        self.task_id = task.id
+        self.heads.add_task(task.id, task.num_classes)
+        if task.id not in self.seen_tasks:
+            self.seen_tasks.append(task.id)
+
+    def should_train(self, task_id: int) -> bool:
+        """Whether the engine runs the training loop for this task (Fix and Random say no)."""
+        return True
+
+    def end_task(self, task: Task) -> None:
+        """After fitting task t (masks, Fisher, snapshots...)."""
+
+    # ----- training step ---------------------------------------------------------------------------
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        """What the fresh per-task optimizer receives: all parameters, as the reference does (§0)."""
+        return self.parameters()
+
+    def training_loss(self, batch: Batch, step: Step) -> torch.Tensor:
+        """The loss of one training step (default: cross-entropy of the current task)."""
+        return F.cross_entropy(self.forward(batch.x, batch.task_id, "train", step), batch.y)
+
+    def after_backward(self, step: Step) -> None:
+        """Gradient surgery between backward and the optimizer step (HAT's compensation, clipping)."""
+
+    def after_optimizer_step(self, step: Step) -> None:
+        """Bookkeeping after the optimizer step (importance accumulation, buffers, clamps)."""
+
+    # ----- inference -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, task_id: int, stage: str = "test", step: Step | None = None) -> torch.Tensor:
+        """Logits of `x` for task `task_id`; stage is train, val or test."""
+        return self.heads(self.backbone(x), task_id)
+
+    def validation_loss(self, x: torch.Tensor, y: torch.Tensor, task_id: int) -> torch.Tensor:
+        return F.cross_entropy(self.forward(x, task_id, "val"), y)
+
+    def extra_metrics(self) -> dict[str, float]:
+        """Scalars the algorithm wants recorded after each task (e.g. mask capacity)."""
+        return {}

@@ -1,0 +1,43 @@
+"""Independent: a fresh copy of the same initial network per task (the FWT reference, metrics.md §1.6)."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from clrepro.algorithms.base import CLAlgorithm
+from clrepro.registry import ALGORITHMS
+
+
+@ALGORITHMS.register("independent")
+class Independent(CLAlgorithm):
+    """Each task restarts from the same θ_0 and keeps its own backbone copy for testing."""
+
+    summary = "one network per task, each from the same initialisation (reference for FWT)"
+
+    def __init__(self, backbone, heads, cfg, num_tasks):
+        super().__init__(backbone, heads, cfg, num_tasks)
+        self.initial_state = copy.deepcopy(backbone.state_dict())
+        self.task_backbones = nn.ModuleDict()
+
+    def setup_task(self, task, num_batches):
+        super().setup_task(task, num_batches)
+        self.backbone.load_state_dict(self.initial_state)  # θ ← θ_0
+
+    def trainable_parameters(self):
+        return [p for n, p in self.named_parameters() if not n.startswith("task_backbones.")]
+
+    def end_task(self, task):
+        frozen = copy.deepcopy(self.backbone).requires_grad_(False)
+        self.task_backbones[str(task.id)] = frozen
+
+    def forward(self, x, task_id, stage="test", step=None):
+        if stage == "test" and str(task_id) in self.task_backbones:
+            return self.heads(self.task_backbones[str(task_id)](x), task_id)
+        return self.heads(self.backbone(x), task_id)
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self.initial_state = {k: fn(v) for k, v in self.initial_state.items()}
+        return out

@@ -1,0 +1,151 @@
+"""ImageNet-style ResNet-18 as CLArena builds it (algorithms.md §1), plain and HAT-masked per output channel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from clrepro.backbones.base import Backbone, MaskedBackbone, MaskedParam
+from clrepro.backbones.masks import HATMasks
+from clrepro.config.hparams import hp
+from clrepro.registry import BACKBONES
+
+STAGE_CHANNELS = (64, 128, 256, 512)
+STAGE_STRIDES = (1, 2, 2, 2)  # stage conv2x keeps the size (the maxpool already halved it); the others halve
+BLOCKS_PER_STAGE = 2
+
+Masks = dict[str, torch.Tensor] | None
+Recorder = Callable[[str, torch.Tensor], None] | None
+
+
+@dataclass
+class ResNetConfig:
+    batch_norm: bool = hp(False, doc="BatchNorm2d after each of the 17 weighted convs, before the mask "
+                                     "(CLResNet default true; papers false)")
+    protect_shortcuts: bool = hp(False, bug="B9", doc="masked variant: also protect the 1x1 shortcut convs "
+                                 "(rows owned by the block's conv2 units, inputs by the block's input units); "
+                                 "false = reference parity, shortcuts drift unprotected")
+
+
+def _gate(h: torch.Tensor, mask: Masks, layer: str) -> torch.Tensor:
+    return h if mask is None else h * mask[layer].view(1, -1, 1, 1)
+
+
+class _BasicBlock(nn.Module):
+    """conv1 3x3/1 → [BN] → ⊙ m1 → ReLU; conv2 3x3/stride → [BN] → + shortcut → ⊙ m2 → ReLU."""
+
+    def __init__(self, name: str, prev: str, in_ch: int, ch: int, stride: int, batch_norm: bool) -> None:
+        super().__init__()
+        self.name1, self.name2, self.prev = f"{name}.conv1", f"{name}.conv2", prev
+        self.conv1 = nn.Conv2d(in_ch, ch, 3, stride=1, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(ch, ch, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(ch) if batch_norm else None
+        self.bn2 = nn.BatchNorm2d(ch) if batch_norm else None
+        # CLArena's `identity_downsample`: never masked, never in weighted_layer_names (bug B9)
+        self.shortcut = nn.Conv2d(in_ch, ch, 1, stride=stride, bias=False) if in_ch != ch or stride != 1 else None
+
+    def forward(self, x: torch.Tensor, mask: Masks = None, record: Recorder = None) -> torch.Tensor:
+        identity = x if self.shortcut is None else self.shortcut(x)
+        h = self.conv1(x)
+        if self.bn1 is not None:
+            h = self.bn1(h)
+        h = torch.relu(_gate(h, mask, self.name1))
+        if record is not None:
+            record(self.name1, h)
+        h = self.conv2(h)
+        if self.bn2 is not None:
+            h = self.bn2(h)
+        h = torch.relu(_gate(h + identity, mask, self.name2))  # the mask sits after the residual add
+        if record is not None:
+            record(self.name2, h)
+        return h
+
+
+class _ResNet18Layers(nn.Module):
+    """The shared body; parameter paths mirror the layer names ("conv3x.0.conv2" → `conv3x.0.conv2.weight`)."""
+
+    def __init__(self, in_channels: int, cfg: ResNetConfig) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64) if cfg.batch_norm else None
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.layer_units: dict[str, int] = {"conv1": 64}
+        self.stage_names = [f"conv{s}x" for s in range(2, 2 + len(STAGE_CHANNELS))]
+        prev, in_ch = "conv1", 64
+        for stage, ch, stride in zip(self.stage_names, STAGE_CHANNELS, STAGE_STRIDES):
+            blocks = nn.ModuleList()
+            for b in range(BLOCKS_PER_STAGE):
+                block = _BasicBlock(f"{stage}.{b}", prev, in_ch, ch, stride if b == 0 else 1, cfg.batch_norm)
+                blocks.append(block)
+                self.layer_units[block.name1] = ch
+                self.layer_units[block.name2] = ch
+                prev, in_ch = block.name2, ch
+            setattr(self, stage, blocks)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.output_dim = in_ch
+
+    def blocks(self) -> Iterator[tuple[str, _BasicBlock]]:
+        for stage in self.stage_names:
+            for b, block in enumerate(getattr(self, stage)):
+                yield f"{stage}.{b}", block
+
+    def forward(self, x: torch.Tensor, mask: Masks = None, record: Recorder = None) -> torch.Tensor:
+        h = self.conv1(x)
+        if self.bn1 is not None:
+            h = self.bn1(h)
+        h = torch.relu(_gate(h, mask, "conv1"))
+        if record is not None:
+            record("conv1", h)
+        h = self.maxpool(h)
+        for _, block in self.blocks():
+            h = block(h, mask, record)
+        return self.avgpool(h).flatten(1)
+
+
+@BACKBONES.register("resnet18")
+class ResNet18(Backbone):
+    """ImageNet-style ResNet-18 (7x7/2 stem, maxpool, 4x2 basic blocks, global avg-pool) → 512 features."""
+
+    Config = ResNetConfig
+
+    def __init__(self, input_shape: tuple[int, ...], cfg: ResNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.body = _ResNet18Layers(int(input_shape[0]), cfg)
+        self.output_dim = self.body.output_dim
+
+    def forward(self, x: torch.Tensor, mask=None) -> torch.Tensor:
+        return self.body(x)
+
+
+@BACKBONES.register("hat_resnet18")
+class HATMaskResNet18(MaskedBackbone):
+    """ResNet-18 with a HAT gate per output channel on all 17 weighted convs; 1x1 shortcuts unmasked."""
+
+    Config = ResNetConfig
+    plain_twin = "resnet18"
+
+    def __init__(self, input_shape: tuple[int, ...], cfg: ResNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.body = _ResNet18Layers(int(input_shape[0]), cfg)
+        self.output_dim = self.body.output_dim
+        self.layer_units = dict(self.body.layer_units)
+        self.layer_names = list(self.layer_units)
+        self.hat = HATMasks(self.layer_units)
+
+    def masked_parameters(self) -> Iterator[MaskedParam]:
+        b = self.body
+        yield MaskedParam("body.conv1.weight", b.conv1.weight, "conv1", None, "weight")
+        for name, block in b.blocks():
+            yield MaskedParam(f"body.{name}.conv1.weight", block.conv1.weight, block.name1, block.prev, "weight")
+            yield MaskedParam(f"body.{name}.conv2.weight", block.conv2.weight, block.name2, block.name1, "weight")
+            if self.cfg.protect_shortcuts and block.shortcut is not None:
+                yield MaskedParam(f"body.{name}.shortcut.weight", block.shortcut.weight, block.name2, block.prev,
+                                  "weight")
+
+    def forward(self, x: torch.Tensor, mask: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.body(x, mask, self._record)

@@ -1,0 +1,68 @@
+"""`clrepro` entry point: argparse with lazily imported subcommands (so `--help` answers fast)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+COMMANDS = {
+    "run": ("clrepro.cli.run_cmd", "run one CL experiment (and the references its metrics need)"),
+    "metrics": ("clrepro.cli.metrics_cmd", "compute AA, BWT, FWT, FR from acc.csv matrix files"),
+    "list": ("clrepro.cli.list_cmd", "list algorithms, benchmarks, backbones and experiments"),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clrepro", description="Sweep and reproduce continual-learning results.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(_module=module)
+        _ARGS[name](sp)
+    return p
+
+
+def _run_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("experiment", help="config name under configs/experiment/ or a YAML path")
+    sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. seed=3 algorithm.s_max=200")
+    sp.add_argument("--out", help="run folder (default outputs/<name>/<timestamp>)")
+    sp.add_argument("--quiet", action="store_true", help="no progress, only the summary")
+
+
+def _metrics_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("acc", help="the main run's acc.csv")
+    sp.add_argument("--independent", help="independent reference acc.csv (for FWT, FR^I)")
+    sp.add_argument("--joint", help="joint reference acc.csv (one row; for FR)")
+    sp.add_argument("--random", help="random reference acc.csv (for FR)")
+    sp.add_argument("--fr-variant", choices=("joint", "independent"), default="joint")
+
+
+def _list_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("what", nargs="?", choices=("algorithms", "benchmarks", "backbones", "experiments", "sources"),
+                    help="one section only")
+
+
+_ARGS = {"run": _run_args, "metrics": _metrics_args, "list": _list_args}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not getattr(args, "command", None):
+        parser().print_help()
+        return 0
+    import importlib
+
+    from clrepro.errors import UserError
+
+    try:
+        return importlib.import_module(args._module).main(args) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Configuration: Hydra composition, typed validation and registry-only instantiation."""

@@ -1,0 +1,1 @@
+"""Data: image sources and continual-learning benchmarks as per-task tensors."""

@@ -1,0 +1,150 @@
+"""Continual-learning benchmarks (Permuted, Split) over any image source, built as per-task tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from clrepro.config.hparams import hp
+from clrepro.data.sources import SOURCES, SourceData, normalize, validation_split
+from clrepro.data.task import Split, Task
+from clrepro.errors import ConfigError
+from clrepro.registry import BENCHMARKS
+
+
+class Benchmark:
+    """A sequence of tasks; `task(t)` builds task t (1-based) as CPU tensors, normalised."""
+
+    Config: type
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        if cfg.source not in SOURCES:
+            raise ConfigError("benchmark.source", f"unknown source '{cfg.source}'", sorted(SOURCES))
+
+    @property
+    def data(self) -> SourceData:
+        return SOURCES[self.cfg.source](self.cfg.root, self.cfg.download)
+
+    @property
+    def num_tasks(self) -> int:
+        return self.cfg.num_tasks
+
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.data.train_x.shape[1:])
+
+    def num_classes(self, t: int) -> int:
+        raise NotImplementedError
+
+    def task(self, t: int) -> Task:
+        raise NotImplementedError
+
+    def _splits(self, x_pool, y_pool, x_test, y_test) -> tuple[Split, Split, Split]:
+        tr, va = validation_split(len(y_pool), self.cfg.val_fraction)
+        return Split(x_pool[tr], y_pool[tr]), Split(x_pool[va], y_pool[va]), Split(x_test, y_test)
+
+
+@dataclass
+class PermutedConfig:
+    source: str = hp("mnist_embedded", doc="image source (see `clrepro list`)")
+    num_tasks: int = hp(5, low=1, doc="number of permutations (tasks)")
+    val_fraction: float = hp(0.1, low=0.0, high=0.5, doc="validation share of the train pool (seed 42)")
+    permutation_seeds: list[int] | None = hp(None, doc="per-task permutation seeds; default t-1 (metrics.md §3.2)")
+    task1_default_seed_parity: bool = hp(True, doc="a seed of 0 leaves the generator at torch's default seed, "
+                                                   "as the reference does for task 1; false seeds it with 0",
+                                         bug="metrics.md §3.2, §5.8")
+    root: str | None = hp(None, doc="data folder for torchvision sources (default $CLREPRO_DATA or ~/.cache)")
+    download: bool = hp(True, doc="let torchvision download a missing source (never for embedded sources)")
+
+
+@BENCHMARKS.register("permuted")
+class Permuted(Benchmark):
+    """Permuted: every task is the whole source with its own fixed pixel permutation (10 classes each)."""
+
+    Config = PermutedConfig
+
+    def __init__(self, cfg: PermutedConfig) -> None:
+        super().__init__(cfg)
+        seeds = cfg.permutation_seeds
+        if seeds is not None and len(seeds) < cfg.num_tasks:
+            raise ConfigError("benchmark.permutation_seeds", f"has {len(seeds)} seeds for {cfg.num_tasks} tasks")
+
+    def num_classes(self, t: int) -> int:
+        return self.data.num_classes
+
+    def permutation(self, t: int) -> torch.Tensor:
+        """Task t's permutation of the flattened first channel (the reference's Permute transform)."""
+        seed = self.cfg.permutation_seeds[t - 1] if self.cfg.permutation_seeds is not None else t - 1
+        g = torch.Generator()
+        if seed or not self.cfg.task1_default_seed_parity:
+            g.manual_seed(seed)
+        h, w = self.data.train_x.shape[-2:]
+        return torch.randperm(h * w, generator=g)
+
+    def _permute(self, x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        first = x[:, 0].reshape(n, h * w)[:, perm].reshape(n, 1, h, w)
+        return torch.cat([first, x[:, 1:]], dim=1) if c > 1 else first
+
+    def task(self, t: int) -> Task:
+        if not 1 <= t <= self.num_tasks:
+            raise ValueError(f"task {t} out of 1..{self.num_tasks}")
+        d, perm = self.data, self.permutation(t)
+        pool = normalize(self._permute(d.train_x, perm), d.mean, d.std)
+        test = normalize(self._permute(d.test_x, perm), d.mean, d.std)
+        train, val, test = self._splits(pool, d.train_y, test, d.test_y)
+        return Task(t, d.num_classes, train, val, test, tuple(range(d.num_classes)))
+
+
+@dataclass
+class SplitConfig:
+    source: str = hp("mnist_embedded", doc="image source (see `clrepro list`)")
+    num_tasks: int = hp(5, low=1, doc="number of tasks")
+    classes_per_task: int = hp(2, low=1, doc="consecutive classes of `class_order` per task")
+    class_order: list[int] | None = hp(None, doc="class order before splitting; default 0..C-1")
+    val_fraction: float = hp(0.1, low=0.0, high=0.5, doc="validation share of each task's train pool (seed 42)")
+    root: str | None = hp(None, doc="data folder for torchvision sources (default $CLREPRO_DATA or ~/.cache)")
+    download: bool = hp(True, doc="let torchvision download a missing source (never for embedded sources)")
+
+
+@BENCHMARKS.register("split")
+class SplitClasses(Benchmark):
+    """Split: the source's classes cut into disjoint groups, one group per task, labels remapped to 0..C_t-1."""
+
+    Config = SplitConfig
+
+    def _order(self) -> list[int]:
+        return list(self.cfg.class_order) if self.cfg.class_order is not None else list(range(self.data.num_classes))
+
+    def classes(self, t: int) -> list[int]:
+        order, k = self._order(), self.cfg.classes_per_task
+        if self.cfg.num_tasks * k > len(order):
+            raise ConfigError("benchmark.num_tasks", f"{self.cfg.num_tasks} tasks x {k} classes exceed the "
+                              f"{len(order)} classes of '{self.cfg.source}'",
+                              f"num_tasks <= {len(order) // k}")
+        return order[(t - 1) * k: t * k]
+
+    def num_classes(self, t: int) -> int:
+        return len(self.classes(t))
+
+    def task(self, t: int) -> Task:
+        if not 1 <= t <= self.num_tasks:
+            raise ValueError(f"task {t} out of 1..{self.num_tasks}")
+        d, cls = self.data, self.classes(t)
+        lookup = torch.full((d.num_classes,), -1, dtype=torch.int64)
+        lookup[torch.tensor(cls)] = torch.arange(len(cls))
+        tr_keep = lookup[d.train_y] >= 0
+        te_keep = lookup[d.test_y] >= 0
+        pool = normalize(d.train_x[tr_keep], d.mean, d.std)
+        test = normalize(d.test_x[te_keep], d.mean, d.std)
+        train, val, test = self._splits(pool, lookup[d.train_y[tr_keep]], test, lookup[d.test_y[te_keep]])
+        return Task(t, len(cls), train, val, test, tuple(cls))
+
+
+def build_benchmark(node: dict, source_file: str | None = None) -> Benchmark:
+    """Validate the `benchmark` config node and build the registered benchmark it names."""
+    from clrepro.config.hparams import build
+
+    cls = BENCHMARKS.resolve(node, "benchmark")
+    return cls(build(cls.Config, node, "benchmark"))

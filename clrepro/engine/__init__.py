@@ -1,0 +1,1 @@
+"""Engine: the one task loop every experiment runs through (CL runs, references, sweep seeds)."""

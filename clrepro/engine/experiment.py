@@ -1,0 +1,103 @@
+"""A full experiment: the main run, the reference runs its metrics need, the metrics, and the run folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from clrepro.config.load import config_hash, resolved_dict
+from clrepro.config.schema import ExperimentConfig
+from clrepro.engine.loop import run
+from clrepro.engine.references import needed_references, reference_config
+from clrepro.engine.result import RunResult
+from clrepro.metrics.cl import compute_cl_metrics
+from clrepro.metrics.io import read_acc_matrix, read_joint_row, write_acc_csv, write_joint_csv
+
+
+@dataclass
+class ExperimentResult:
+    """The main run, the reference matrices used, the metrics and where they were written."""
+
+    main: RunResult
+    references: dict[str, np.ndarray] = field(default_factory=dict)
+    reference_sources: dict[str, str] = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    config_hash: str = ""
+    out_dir: Path | None = None
+    wall_seconds: float = 0.0
+
+
+def _reference(cfg: ExperimentConfig, kind: str, seed: int, listeners) -> tuple[np.ndarray, str]:
+    """A reference matrix: read from the configured path, or run now with the same seed."""
+    setting = getattr(cfg.references, kind)
+    if setting not in ("auto", "off"):
+        return (read_joint_row(setting) if kind == "joint" else read_acc_matrix(setting)), setting
+    result = run(reference_config(cfg, kind), seed, listeners)
+    return (result.acc[0] if kind == "joint" else result.acc), "run"
+
+
+def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, listeners: Iterable = (),
+                   reference_listeners: Iterable | None = None, seed: int | None = None) -> ExperimentResult:
+    """Run main + needed references with one seed, compute AA/BWT/FWT/FR, write the run folder if asked."""
+    start = time.perf_counter()
+    seed = cfg.seed if seed is None else seed
+    resolved = resolved_dict(cfg)
+    resolved["seed"] = seed
+    chash = config_hash(resolved)
+    main = run(cfg, seed, listeners)
+    refs, sources = {}, {}
+    for kind in needed_references(cfg):
+        if getattr(cfg.references, kind) == "off":
+            continue
+        refs[kind], sources[kind] = _reference(cfg, kind, seed, reference_listeners or ())
+    metrics = compute_cl_metrics(main.acc, independent=refs.get("independent"), joint=refs.get("joint"),
+                                 random=refs.get("random"), fr_variant=cfg.fr_variant)
+    metrics = {k: v for k, v in metrics.items() if k in cfg.metrics or k == "series"}
+    metrics["fr_variant"] = cfg.fr_variant
+    metrics["acc_weighting"] = cfg.trainer.acc_weighting
+    metrics["references"] = sources
+    metrics["task_extras"] = main.task_extras
+    result = ExperimentResult(main, refs, sources, metrics, resolved, chash, None,
+                              time.perf_counter() - start)
+    if out_dir is not None:
+        write_run_folder(result, Path(out_dir), seed)
+    return result
+
+
+def write_run_folder(result: ExperimentResult, out: Path, seed: int) -> Path:
+    """acc.csv, loss_cls.csv, ref<kind>/acc.csv, metrics.json, config.yaml, manifest.json and plots."""
+    import yaml
+
+    from clrepro.tracking.manifest import manifest
+    from clrepro.tracking.plots import accuracy_heatmap, task_curves
+
+    out.mkdir(parents=True, exist_ok=True)
+    main = result.main
+    write_acc_csv(out / "acc.csv", main.acc)
+    write_acc_csv(out / "loss_cls.csv", main.loss, value_name="average_classification_loss")
+    for kind, mat in result.references.items():
+        if result.reference_sources.get(kind) != "run":
+            continue
+        (out / f"ref{kind}").mkdir(exist_ok=True)
+        if kind == "joint":
+            write_joint_csv(out / f"ref{kind}" / "acc.csv", mat)
+        else:
+            write_acc_csv(out / f"ref{kind}" / "acc.csv", mat)
+    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
+    (out / "config.yaml").write_text(yaml.safe_dump(result.config, sort_keys=False))
+    timings = {"train_seconds": round(main.train_seconds, 3), "eval_seconds": round(main.eval_seconds, 3),
+               "main_wall_seconds": round(main.wall_seconds, 3), "steps": main.steps}
+    device = result.config.get("trainer", {}).get("accelerator", "cpu")
+    (out / "manifest.json").write_text(json.dumps(
+        manifest(seed, result.config_hash, device, result.wall_seconds, {"timings": timings}), indent=2) + "\n")
+    (out / "history.json").write_text(json.dumps(main.history) + "\n")
+    accuracy_heatmap(main.acc, out / "acc_matrix.png", f"{result.config.get('name', '')} (seed {seed})")
+    task_curves(main.acc, out / "task_curves.png", f"{result.config.get('name', '')} (seed {seed})")
+    result.out_dir = out
+    return out

@@ -1,0 +1,233 @@
+"""`run(config, seed)`: the task loop of algorithms.md §0 on Lightning Fabric, giving the accuracy matrix."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clrepro.algorithms.base import Batch, CLAlgorithm, Step
+from clrepro.backbones.heads import Heads
+from clrepro.config.load import components
+from clrepro.config.schema import ExperimentConfig
+from clrepro.data.task import Split, Task
+from clrepro.engine.result import RunResult
+from clrepro.errors import UserError
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite (a failed trial, not a user error)."""
+
+
+EVAL_CHUNK = 4096  # samples per inference forward; accuracy batches are formed afterwards
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch (Lightning's seed_everything) and ask for deterministic kernels."""
+    from lightning.fabric.utilities.seed import seed_everything as _seed
+
+    _seed(seed, workers=True, verbose=False)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def make_fabric(cfg: ExperimentConfig, listeners: Iterable = ()):
+    """A single-device Fabric for this run; listeners become Fabric callbacks."""
+    from lightning.fabric import Fabric
+
+    t = cfg.trainer
+    try:
+        return Fabric(accelerator=t.accelerator, devices=t.devices, precision=t.precision, callbacks=list(listeners))
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"trainer.accelerator/devices/precision: {str(e).splitlines()[0]}") from None
+
+
+def build_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
+    """A fresh optimizer for one task (the reference re-creates Adam at every task, §0)."""
+    o = cfg.optimizer
+    params = [p for p in params if p.requires_grad]
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+class Engine:
+    """Builds the benchmark, backbone, heads and algorithm of a config, then runs the task loop."""
+
+    def __init__(self, cfg: ExperimentConfig, seed: int | None = None, listeners: Iterable = ()) -> None:
+        self.cfg = cfg
+        self.seed = cfg.seed if seed is None else seed
+        if cfg.trainer.threads:
+            torch.set_num_threads(cfg.trainer.threads)
+        self.fabric = make_fabric(cfg, listeners)
+        self.device = self.fabric.device
+        seed_everything(self.seed, cfg.trainer.deterministic)
+        comp = components(cfg)
+        self.benchmark = comp.benchmark_cls(comp.benchmark_cfg)
+        self.num_tasks = self.benchmark.num_tasks
+        backbone = comp.backbone_cls(self.benchmark.input_shape(), comp.backbone_cfg)
+        heads = Heads(cfg.scenario, backbone.output_dim)
+        self.algorithm: CLAlgorithm = comp.algorithm_cls(backbone, heads, comp.algorithm_cfg, self.num_tasks)
+        self.algorithm.to(self.device)
+        self.tests: dict[int, Split] = {}
+        self.global_step = 0
+        self.history: list[dict] = []
+
+    # ----- helpers -----------------------------------------------------------------------------------
+    def _task(self, t: int) -> Task:
+        task = self.benchmark.task(t).to(self.device)
+        self.tests[t] = task.test
+        return task
+
+    def _targets(self, y: torch.Tensor, task_id: int) -> torch.Tensor:
+        off = self.algorithm.heads.label_offset(task_id)
+        return y + off if off else y
+
+    def _num_batches(self, n: int) -> int:
+        return max(1, n // self.cfg.trainer.batch_size)  # drop_last, as the reference's train loader
+
+    # ----- evaluation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _logits(self, x: torch.Tensor, task_id: int, stage: str) -> torch.Tensor:
+        with self.fabric.autocast():
+            return torch.cat([self.algorithm(x[i:i + EVAL_CHUNK], task_id, stage)
+                              for i in range(0, len(x), EVAL_CHUNK)]).float()
+
+    @torch.no_grad()
+    def evaluate(self, task_ids: Iterable[int]) -> tuple[list[float], list[float]]:
+        """Test accuracy and loss on each task: batch-mean (reference parity, §1.1) or sample-weighted."""
+        self.algorithm.eval()
+        bs = self.cfg.trainer.eval_batch_size or self.cfg.trainer.batch_size
+        accs, losses = [], []
+        for t in task_ids:
+            split = self.tests[t]
+            y = self._targets(split.y, t)
+            logits = self._logits(split.x, t, "test")
+            correct = (logits.argmax(1) == y).float()
+            loss = F.cross_entropy(logits, y, reduction="none")
+            if self.cfg.trainer.acc_weighting == "batch_mean":
+                accs.append(float(torch.stack([c.mean() for c in correct.split(bs)]).mean()))
+                losses.append(float(torch.stack([c.mean() for c in loss.split(bs)]).mean()))
+            else:
+                accs.append(float(correct.mean()))
+                losses.append(float(loss.mean()))
+        return accs, losses
+
+    @torch.no_grad()
+    def _validate(self, tasks: list[Task]) -> tuple[float, float]:
+        self.algorithm.eval()
+        losses, accs = [], []
+        for task in tasks:
+            if len(task.val) == 0:
+                continue
+            y = self._targets(task.val.y, task.id)
+            logits = self._logits(task.val.x, task.id, "val")
+            losses.append(F.cross_entropy(logits, y))
+            accs.append((logits.argmax(1) == y).float().mean())
+        if not losses:
+            return float("nan"), float("nan")
+        return float(torch.stack(losses).mean()), float(torch.stack(accs).mean())
+
+    # ----- training ---------------------------------------------------------------------------------
+    def fit(self, x: torch.Tensor, y: torch.Tensor, task_id: int | torch.Tensor, step_task: int,
+            val_tasks: list[Task]) -> None:
+        """Train on (x, y) for `trainer.epochs` epochs with a fresh optimizer and LR schedule."""
+        algo, fabric, tcfg = self.algorithm, self.fabric, self.cfg.trainer
+        optimizer = fabric.setup_optimizers(build_optimizer(self.cfg, algo.trainable_parameters()))
+        live = self.cfg.scheduler.name != "none" and (algo.lr_scheduler_live or self.cfg.scheduler.apply == "all")
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer.optimizer, factor=self.cfg.scheduler.factor, patience=self.cfg.scheduler.patience) if live else None
+        n, bs = len(y), tcfg.batch_size
+        num_batches = self._num_batches(n)
+        for epoch in range(tcfg.epochs):
+            algo.train()
+            order = torch.randperm(n).to(self.device)  # CPU generator: same order on every device
+            loss_sum = torch.zeros((), device=self.device)
+            for b in range(num_batches):
+                idx = order[b * bs:(b + 1) * bs]
+                tid = task_id if isinstance(task_id, int) else task_id[idx]
+                step = Step(step_task, epoch, b, num_batches, self.global_step)
+                optimizer.zero_grad(set_to_none=True)
+                with fabric.autocast():
+                    loss = algo.training_loss(Batch(x[idx], y[idx], tid), step)
+                fabric.backward(loss)
+                algo.after_backward(step)
+                optimizer.step()
+                algo.after_optimizer_step(step)
+                loss_sum += loss.detach()
+                self.global_step += 1
+            train_loss = float(loss_sum) / num_batches  # one sync per epoch
+            if not np.isfinite(train_loss):
+                raise TrainingDiverged(f"training loss is {train_loss} in task {step_task}, epoch {epoch + 1}")
+            val_loss, val_acc = self._validate(val_tasks)
+            if scheduler is not None and np.isfinite(val_loss):
+                scheduler.step(val_loss)
+            logs = {"task": step_task, "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+                    "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"]}
+            self.history.append(logs)
+            fabric.call("on_epoch_end", task_id=step_task, epoch=epoch + 1, logs=logs)
+
+    # ----- the task loop ----------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        """Fit each task, then test on every task seen so far: row N of the accuracy matrix (§1.1)."""
+        start = time.perf_counter()
+        algo, T = self.algorithm, self.num_tasks
+        self.fabric.call("on_run_start", name=self.cfg.name, num_tasks=T, seed=self.seed,
+                         algorithm=type(algo).registry_name)
+        acc = np.full((1 if algo.multitask else T, T), np.nan)
+        loss = np.full_like(acc, np.nan)
+        extras, train_s, eval_s = [], 0.0, 0.0
+        if algo.multitask:
+            tasks = [self._task(t) for t in range(1, T + 1)]
+            x = torch.cat([t.train.x for t in tasks])
+            ys = [self._targets(t.train.y, t.id) for t in tasks]
+            tids = torch.cat([torch.full_like(t.train.y, t.id) for t in tasks])
+            for task in tasks:
+                algo.setup_task(task, self._num_batches(len(x)))
+            algo.to(self.device)
+            self.fabric.call("on_task_start", task_id=T, num_tasks=T, num_batches=self._num_batches(len(x)),
+                             epochs=self.cfg.trainer.epochs)
+            t0 = time.perf_counter()
+            self.fit(x, torch.cat(ys), tids, T, tasks)
+            for task in tasks:
+                algo.end_task(task)
+            train_s += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            row, lrow = self.evaluate(range(1, T + 1))
+            eval_s += time.perf_counter() - t0
+            acc[0], loss[0] = row, lrow
+            extras.append(algo.extra_metrics())
+            self.fabric.call("on_task_end", task_id=T, accuracies=row, loss=lrow, extras=extras[-1],
+                             seconds=train_s + eval_s)
+        else:
+            for t in range(1, T + 1):
+                task = self._task(t)
+                nb = self._num_batches(len(task.train))
+                algo.setup_task(task, nb)
+                algo.to(self.device)
+                self.fabric.call("on_task_start", task_id=t, num_tasks=T, num_batches=nb,
+                                 epochs=self.cfg.trainer.epochs if algo.should_train(t) else 0)
+                t0 = time.perf_counter()
+                if algo.should_train(t):
+                    self.fit(task.train.x, self._targets(task.train.y, t), t, t, [task])
+                algo.end_task(task)
+                t1 = time.perf_counter()
+                row, lrow = self.evaluate(range(1, t + 1))
+                t2 = time.perf_counter()
+                train_s, eval_s = train_s + t1 - t0, eval_s + t2 - t1
+                acc[t - 1, :t], loss[t - 1, :t] = row, lrow
+                extras.append(algo.extra_metrics())
+                self.fabric.call("on_task_end", task_id=t, accuracies=row, loss=lrow, extras=extras[-1],
+                                 seconds=t2 - t0)
+        result = RunResult(acc, loss, algo.multitask, extras, self.history, train_s, eval_s,
+                           time.perf_counter() - start, self.global_step)
+        self.fabric.call("on_run_end", result=result)
+        return result
+
+
+def run(cfg: ExperimentConfig, seed: int | None = None, listeners: Iterable = ()) -> RunResult:
+    """Run one experiment (one seed) and return its accuracy matrix: the one way any experiment runs."""
+    return Engine(cfg, seed, listeners).run()
