@@ -51,10 +51,12 @@ class ConsoleProgress(Listener):
         console.print(f"{self.label} after task {task_id}: AA {pct(float(np.mean(accuracies)))}  "
                       f"[dim]a[·,{task_id}] = {accs}  ({seconds:.1f}s)[/dim]")
 
-    def on_run_end(self, result, **kw):
+    def on_run_end(self, **kw):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+    on_run_failed = on_run_end
 
 
 def summary(result, title: str) -> None:

@@ -66,7 +66,7 @@ def compose(experiment: str, overrides: list[str] = ()) -> tuple[dict, str]:
     else:
         if experiment not in experiment_names():
             raise ConfigError("experiment", f"unknown experiment '{experiment}'", experiment_names(),
-                              str(cdir / "experiment"))
+                              _relative(cdir / "experiment") + "/")
         name, source = experiment, _relative(cdir / "experiment" / f"{experiment}.yaml")
     hydra_overrides = [f"+experiment={name}", *overrides]
     if extra_dir is not None:

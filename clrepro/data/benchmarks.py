@@ -20,8 +20,6 @@ class Benchmark:
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
-        if cfg.source not in SOURCES:
-            raise ConfigError("benchmark.source", f"unknown source '{cfg.source}'", sorted(SOURCES))
 
     @property
     def data(self) -> SourceData:
@@ -47,7 +45,7 @@ class Benchmark:
 
 @dataclass
 class PermutedConfig:
-    source: str = hp("mnist_embedded", doc="image source (see `clrepro list`)")
+    source: str = hp("mnist_embedded", choices=tuple(SOURCES), doc="image source (see `clrepro list sources`)")
     num_tasks: int = hp(5, low=1, doc="number of permutations (tasks)")
     val_fraction: float = hp(0.1, low=0.0, high=0.5, doc="validation share of the train pool (seed 42)")
     permutation_seeds: list[int] | None = hp(None, doc="per-task permutation seeds; default t-1 (metrics.md §3.2)")
@@ -99,7 +97,7 @@ class Permuted(Benchmark):
 
 @dataclass
 class SplitConfig:
-    source: str = hp("mnist_embedded", doc="image source (see `clrepro list`)")
+    source: str = hp("mnist_embedded", choices=tuple(SOURCES), doc="image source (see `clrepro list sources`)")
     num_tasks: int = hp(5, low=1, doc="number of tasks")
     classes_per_task: int = hp(2, low=1, doc="consecutive classes of `class_order` per task")
     class_order: list[int] | None = hp(None, doc="class order before splitting; default 0..C-1")

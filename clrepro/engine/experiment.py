@@ -93,9 +93,8 @@ def write_run_folder(result: ExperimentResult, out: Path, seed: int) -> Path:
     (out / "config.yaml").write_text(yaml.safe_dump(result.config, sort_keys=False))
     timings = {"train_seconds": round(main.train_seconds, 3), "eval_seconds": round(main.eval_seconds, 3),
                "main_wall_seconds": round(main.wall_seconds, 3), "steps": main.steps}
-    device = result.config.get("trainer", {}).get("accelerator", "cpu")
     (out / "manifest.json").write_text(json.dumps(
-        manifest(seed, result.config_hash, device, result.wall_seconds, {"timings": timings}), indent=2) + "\n")
+        manifest(seed, result.config_hash, main.device, result.wall_seconds, {"timings": timings}), indent=2) + "\n")
     (out / "history.json").write_text(json.dumps(main.history) + "\n")
     accuracy_heatmap(main.acc, out / "acc_matrix.png", f"{result.config.get('name', '')} (seed {seed})")
     task_curves(main.acc, out / "task_curves.png", f"{result.config.get('name', '')} (seed {seed})")

@@ -8,6 +8,7 @@ HOOKS = (
     "on_epoch_end",    # (task_id, epoch, logs: dict)
     "on_task_end",     # (task_id, accuracies: list[float], loss: list[float], extras: dict, seconds: float)
     "on_run_end",      # (result: RunResult)
+    "on_run_failed",   # (error: BaseException)
 )
 
 
@@ -23,3 +24,5 @@ class Listener:
     def on_task_end(self, **kw) -> None: ...
 
     def on_run_end(self, **kw) -> None: ...
+
+    def on_run_failed(self, **kw) -> None: ...

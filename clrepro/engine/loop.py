@@ -173,6 +173,13 @@ class Engine:
     # ----- the task loop ----------------------------------------------------------------------------
     def run(self) -> RunResult:
         """Fit each task, then test on every task seen so far: row N of the accuracy matrix (§1.1)."""
+        try:
+            return self._run()
+        except BaseException as e:
+            self.fabric.call("on_run_failed", error=e)
+            raise
+
+    def _run(self) -> RunResult:
         start = time.perf_counter()
         algo, T = self.algorithm, self.num_tasks
         self.fabric.call("on_run_start", name=self.cfg.name, num_tasks=T, seed=self.seed,
@@ -223,7 +230,7 @@ class Engine:
                 self.fabric.call("on_task_end", task_id=t, accuracies=row, loss=lrow, extras=extras[-1],
                                  seconds=t2 - t0)
         result = RunResult(acc, loss, algo.multitask, extras, self.history, train_s, eval_s,
-                           time.perf_counter() - start, self.global_step)
+                           time.perf_counter() - start, self.global_step, str(self.device))
         self.fabric.call("on_run_end", result=result)
         return result
 

@@ -20,6 +20,7 @@ class RunResult:
     eval_seconds: float = 0.0
     wall_seconds: float = 0.0
     steps: int = 0
+    device: str = "cpu"
 
     @property
     def num_tasks(self) -> int:

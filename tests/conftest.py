@@ -1,0 +1,21 @@
+"""Shared fixtures: small, fast experiment configs on the embedded data."""
+
+from __future__ import annotations
+
+import pytest
+
+from clrepro.config.load import load_experiment
+
+# 8x8 digits, 3 tasks, a small MLP: a whole run takes well under a second.
+TINY = ["benchmark=pdigits", "benchmark.num_tasks=3", "backbone.hidden=[64,32]", "trainer.epochs=2",
+        "trainer.batch_size=32", "metrics=[AA,BWT]"]
+
+
+@pytest.fixture
+def tiny():
+    """Load an experiment with the tiny overrides plus any given ones."""
+
+    def make(experiment: str = "hat_pmnist", *overrides: str):
+        return load_experiment(experiment, [*TINY, *overrides])
+
+    return make

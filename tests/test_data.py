@@ -1,0 +1,71 @@
+"""Benchmarks on shipped data: fixed splits, permutation parity, class splits, torchvision fallback."""
+
+from __future__ import annotations
+
+import builtins
+
+import pytest
+import torch
+
+from clrepro.config.hparams import build
+from clrepro.data.benchmarks import Permuted, PermutedConfig, SplitClasses, SplitConfig
+from clrepro.errors import ConfigError, DataUnavailableError
+
+
+def test_embedded_pmnist_split_sizes_and_shared_indices():
+    bench = Permuted(PermutedConfig(num_tasks=3))
+    t1, t2 = bench.task(1), bench.task(2)
+    assert (len(t1.train), len(t1.val), len(t1.test)) == (3600, 400, 1000)
+    assert t1.train.x.shape[1:] == (1, 28, 28)
+    assert torch.equal(t1.train.y, t2.train.y)  # the same split indices for every task
+    assert not torch.equal(t1.train.x, t2.train.x)
+
+
+def test_permutation_task1_uses_generator_default_seed():
+    bench = Permuted(PermutedConfig(num_tasks=3))
+    expected = torch.randperm(784, generator=torch.Generator().manual_seed(67280421310721))
+    assert torch.equal(bench.permutation(1), expected)
+    assert torch.equal(bench.permutation(2), torch.randperm(784, generator=torch.Generator().manual_seed(1)))
+    fixed = Permuted(PermutedConfig(num_tasks=3, task1_default_seed_parity=False))
+    assert torch.equal(fixed.permutation(1), torch.randperm(784, generator=torch.Generator().manual_seed(0)))
+
+
+def test_permutation_is_applied_to_pixels():
+    bench = Permuted(PermutedConfig(num_tasks=2))
+    d = bench.data
+    perm = bench.permutation(2)
+    raw = (d.test_x[:5].flatten(1)[:, perm] - 0.1307) / 0.3081
+    assert torch.allclose(bench.task(2).test.x[:5].flatten(1), raw)
+
+
+def test_split_benchmark_classes_and_labels():
+    bench = SplitClasses(SplitConfig(source="digits", num_tasks=5, classes_per_task=2))
+    t3 = bench.task(3)
+    assert t3.classes == (4, 5)
+    assert set(t3.train.y.unique().tolist()) == {0, 1}
+    d = bench.data
+    assert len(t3.test) == int(((d.test_y == 4) | (d.test_y == 5)).sum())
+
+
+def test_split_benchmark_rejects_too_many_tasks():
+    bench = SplitClasses(SplitConfig(source="digits", num_tasks=6, classes_per_task=2))
+    with pytest.raises(ConfigError, match="exceed"):
+        bench.task(1)
+
+
+def test_torchvision_missing_gives_one_line(monkeypatch):
+    real_import = builtins.__import__
+
+    def fake_import(name, *a, **kw):
+        if name.startswith("torchvision"):
+            raise ImportError("no torchvision")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    from clrepro.data import sources
+
+    sources.mnist.cache_clear()
+    bench = Permuted(build(PermutedConfig, {"source": "mnist", "num_tasks": 20}, "benchmark"))
+    with pytest.raises(DataUnavailableError) as e:
+        bench.task(1)
+    assert "pip install 'clrepro[vision]'" in str(e.value) and "\n" not in str(e.value)

@@ -1,0 +1,115 @@
+"""Engine: determinism, reference experiments, scenarios, accuracy weighting, failures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clrepro.engine.experiment import run_experiment
+from clrepro.engine.loop import Engine, TrainingDiverged, run
+from clrepro.engine.references import needed_references, reference_config
+
+
+def test_same_config_and_seed_give_bit_identical_matrix(tiny):
+    a = run(tiny("hat_pmnist")).acc
+    b = run(tiny("hat_pmnist")).acc
+    c = run(tiny("hat_pmnist", "seed=2")).acc
+    assert np.array_equal(a, b, equal_nan=True)
+    assert not np.array_equal(a, c, equal_nan=True)
+
+
+def test_matrix_is_lower_triangular(tiny):
+    acc = run(tiny("finetuning_pmnist")).acc
+    assert np.isnan(acc[np.triu_indices(3, 1)]).all()
+    assert np.isfinite(acc[np.tril_indices(3)]).all()
+
+
+def test_references_follow_metrics_and_use_plain_twin(tiny):
+    cfg = tiny("hat_pmnist", "metrics=[AA,BWT,FWT,FR]")
+    assert needed_references(cfg) == ["independent", "joint", "random"]
+    ref = reference_config(cfg, "independent")
+    assert ref.algorithm == {"name": "independent"} and ref.backbone["name"] == "mlp"
+    assert ref.backbone["hidden"] == [64, 32]
+    assert needed_references(tiny("hat_pmnist", "metrics=[AA,FR]", "fr_variant=independent")) == \
+        ["independent", "random"]
+
+
+def test_independent_restarts_every_task_from_the_same_weights(tiny):
+    engine = Engine(tiny("finetuning_pmnist", "algorithm=independent"))
+    starts = []
+
+    class Capture:
+        def on_task_start(self, task_id, **kw):
+            starts.append(engine.algorithm.backbone.body.fc[0].weight.detach().clone())
+
+    engine.fabric._callbacks.append(Capture())
+    result = engine.run()
+    assert all(torch.equal(s, starts[0]) for s in starts)
+    # a task's accuracy never changes later: each task keeps its own network
+    for t in range(3):
+        assert np.all(result.acc[t:, t] == result.acc[t, t])
+
+
+def test_random_never_trains(tiny):
+    engine = Engine(tiny("finetuning_pmnist", "algorithm=random"))
+    before = {n: p.detach().clone() for n, p in engine.algorithm.backbone.named_parameters()}
+    result = engine.run()
+    assert result.steps == 0
+    for n, p in engine.algorithm.backbone.named_parameters():
+        assert torch.equal(p, before[n])
+    assert np.nanmean(result.acc) < 0.35  # chance is 0.1
+
+
+def test_fix_trains_task_one_only(tiny):
+    engine = Engine(tiny("finetuning_pmnist", "algorithm=fix"))
+    result = engine.run()
+    assert result.steps == 2 * (len(engine.benchmark.task(1).train) // 32)  # two epochs of task 1 only
+    assert {h["task"] for h in result.history} == {1}
+    assert np.all(result.acc[:, 0] == result.acc[0, 0])
+
+
+def test_joint_trains_once_on_all_tasks_with_per_task_loss(tiny):
+    result = Engine(tiny("finetuning_pmnist", "algorithm=joint")).run()
+    assert result.acc.shape == (1, 3)
+    assert {h["task"] for h in result.history} == {3}
+    assert result.acc.min() > 0.8
+
+
+def test_cil_and_dil_scenarios_run(tiny):
+    cil = Engine(tiny("finetuning_pmnist", "benchmark=split_digits", "benchmark.num_tasks=3", "scenario=CIL"))
+    r = cil.run()
+    assert cil.algorithm.heads.label_offset(3) == 4
+    assert r.acc[0, 0] > 0.9 and r.acc[-1, 0] < 0.5  # CIL forgets old classes under finetuning
+    dil = run(tiny("finetuning_pmnist", "scenario=DIL"))
+    assert np.isfinite(dil.acc[-1]).all()
+
+
+def test_batch_mean_differs_from_sample_weighting_only_through_last_batch(tiny):
+    batch = run(tiny("finetuning_pmnist", "trainer.eval_batch_size=100")).acc
+    sample = run(tiny("finetuning_pmnist", "trainer.eval_batch_size=100", "trainer.acc_weighting=sample")).acc
+    assert np.abs(batch - sample)[np.tril_indices(3)].max() < 0.02
+    assert not np.array_equal(batch, sample, equal_nan=True)  # 360 test images: last batch holds 60
+    even = run(tiny("finetuning_pmnist", "trainer.eval_batch_size=360")).acc  # one batch: identical
+    assert np.array_equal(even, sample, equal_nan=True)
+
+
+def test_nan_loss_raises_training_diverged(tiny):
+    with pytest.raises(TrainingDiverged, match="task 1"):
+        run(tiny("finetuning_pmnist", "optimizer.lr=1e30"))
+
+
+def test_experiment_runs_references_and_reuses_given_ones(tiny, tmp_path):
+    cfg = tiny("hat_pmnist", "metrics=[AA,BWT,FWT,FR]")
+    first = run_experiment(cfg, tmp_path / "a")
+    assert first.reference_sources == {"independent": "run", "joint": "run", "random": "run"}
+    assert all(first.metrics[k] is not None for k in ("AA", "BWT", "FWT", "FR"))
+    for f in ("acc.csv", "loss_cls.csv", "metrics.json", "config.yaml", "manifest.json", "acc_matrix.png",
+              "task_curves.png", "refindependent/acc.csv", "refjoint/acc.csv", "refrandom/acc.csv"):
+        assert (tmp_path / "a" / f).is_file(), f
+    again = tiny("hat_pmnist", "metrics=[AA,BWT,FWT,FR]",
+                 *[f"references.{k}={tmp_path / 'a' / f'ref{k}' / 'acc.csv'}" for k in ("independent", "joint", "random")])
+    second = run_experiment(again, None)
+    assert set(second.reference_sources.values()) != {"run"}
+    for k in ("AA", "BWT", "FWT", "FR"):
+        assert second.metrics[k] == pytest.approx(first.metrics[k], abs=1e-12)
