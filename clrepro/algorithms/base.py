@@ -75,6 +75,13 @@ class CLAlgorithm(nn.Module):
         """Whether the engine runs the training loop for this task (Fix and Random say no)."""
         return True
 
+    def phases(self, task_id: int, epochs: int) -> list[tuple[str, int]]:
+        """The training phases of a task as (name, epochs); each gets a fresh optimizer (Flashback: two)."""
+        return [("train", epochs)]
+
+    def start_phase(self, name: str) -> None:
+        """Before a phase's fit starts (reset to an old model, swap the loss...)."""
+
     def end_task(self, task: Task) -> None:
         """After fitting task t (masks, Fisher, snapshots...)."""
 
@@ -100,6 +107,13 @@ class CLAlgorithm(nn.Module):
 
     def validation_loss(self, x: torch.Tensor, y: torch.Tensor, task_id: int) -> torch.Tensor:
         return F.cross_entropy(self.forward(x, task_id, "val"), y)
+
+    # ----- continual unlearning ---------------------------------------------------------------------
+    supports_unlearning: ClassVar[bool] = False
+
+    def unlearn(self, task_ids: list[int]) -> None:
+        """Forget `task_ids` on request (called after task N's fit, before its test; metrics.md §2)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support unlearning")
 
     def extra_metrics(self) -> dict[str, float]:
         """Scalars the algorithm wants recorded after each task (e.g. mask capacity)."""

@@ -134,7 +134,12 @@ class Engine:
     # ----- training ---------------------------------------------------------------------------------
     def fit(self, x: torch.Tensor, y: torch.Tensor, task_id: int | torch.Tensor, step_task: int,
             val_tasks: list[Task]) -> None:
-        """Train on (x, y) for `trainer.epochs` epochs with a fresh optimizer and LR schedule."""
+        """Train on (x, y) through the algorithm's phases (one by default), each with a fresh optimizer."""
+        for phase, epochs in self.algorithm.phases(step_task, self.cfg.trainer.epochs):
+            self.algorithm.start_phase(phase)
+            self._fit_phase(x, y, task_id, step_task, val_tasks, epochs, phase)
+
+    def _fit_phase(self, x, y, task_id, step_task: int, val_tasks: list[Task], epochs: int, phase: str) -> None:
         algo, fabric, tcfg = self.algorithm, self.fabric, self.cfg.trainer
         optimizer = fabric.setup_optimizers(build_optimizer(self.cfg, algo.trainable_parameters()))
         live = self.cfg.scheduler.name != "none" and (algo.lr_scheduler_live or self.cfg.scheduler.apply == "all")
@@ -142,7 +147,7 @@ class Engine:
             optimizer.optimizer, factor=self.cfg.scheduler.factor, patience=self.cfg.scheduler.patience) if live else None
         n, bs = len(y), tcfg.batch_size
         num_batches = self._num_batches(n)
-        for epoch in range(tcfg.epochs):
+        for epoch in range(epochs):
             algo.train()
             order = torch.randperm(n).to(self.device)  # CPU generator: same order on every device
             loss_sum = torch.zeros((), device=self.device)
@@ -165,7 +170,7 @@ class Engine:
             val_loss, val_acc = self._validate(val_tasks)
             if scheduler is not None and np.isfinite(val_loss):
                 scheduler.step(val_loss)
-            logs = {"task": step_task, "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+            logs = {"task": step_task, "phase": phase, "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
                     "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"]}
             self.history.append(logs)
             fabric.call("on_epoch_end", task_id=step_task, epoch=epoch + 1, logs=logs)
