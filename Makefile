@@ -18,13 +18,14 @@ $(STAMP): pyproject.toml ci/constraints.txt
 	touch $@
 
 quickstart: venv
-	$(CLREPRO) run hat_pmnist --out outputs/quickstart
+	$(CLREPRO) sweep sweeps/quickstart.yaml
 
 test: venv
 	$(VENV)/bin/python -m pytest
 
 bench: venv
 	$(VENV)/bin/python benchmarks/hat_step_overhead.py
+	$(VENV)/bin/python benchmarks/sweep_efficiency.py sweeps/quickstart.yaml
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache ray_results mlartifacts mlflow.db

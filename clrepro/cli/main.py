@@ -8,6 +8,8 @@ import sys
 COMMANDS = {
     "run": ("clrepro.cli.run_cmd", "run one CL experiment (and the references its metrics need)"),
     "metrics": ("clrepro.cli.metrics_cmd", "compute AA, BWT, FWT, FR from acc.csv matrix files"),
+    "sweep": ("clrepro.cli.sweep_cmd", "hyperparameter sweep: Optuna in Ray Tune, multi-seed trials, MLflow"),
+    "ui": ("clrepro.cli.ui_cmd", "start the MLflow UI on the tracking store"),
     "list": ("clrepro.cli.list_cmd", "list algorithms, benchmarks, backbones and experiments"),
 }
 
@@ -42,7 +44,24 @@ def _list_args(sp: argparse.ArgumentParser) -> None:
                     help="one section only")
 
 
-_ARGS = {"run": _run_args, "metrics": _metrics_args, "list": _list_args}
+def _sweep_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("file", help="sweep file, e.g. sweeps/quickstart.yaml")
+    sp.add_argument("--address", help="join an existing Ray cluster (auto or HOST:PORT); default: start a local one")
+    sp.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep file's, sqlite:///mlflow.db)")
+    sp.add_argument("--storage", help="Ray Tune storage path (default: the sweep file's, ./ray_results)")
+    sp.add_argument("--resume", nargs="?", const="latest", metavar="SWEEP_DIR",
+                    help="continue an interrupted sweep (the latest of this name, or the given folder)")
+    sp.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    sp.add_argument("--quiet", action="store_true", help="no live progress")
+
+
+def _ui_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--tracking-uri", help="MLflow store (default sqlite:///mlflow.db)")
+    sp.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    sp.add_argument("--port", type=int, default=5000)
+
+
+_ARGS = {"run": _run_args, "metrics": _metrics_args, "sweep": _sweep_args, "ui": _ui_args, "list": _list_args}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,6 +56,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return {k: _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key, extra_ok=())
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -103,6 +105,8 @@ def _check_range(value: Any, meta: dict, key: str) -> None:
 
 def build(schema: type, node: dict | None, prefix: str, extra_ok: Iterable[str] = _RESERVED) -> Any:
     """Validate a config mapping against a dataclass schema and return the typed instance."""
+    if node is not None and not isinstance(node, dict):
+        raise ConfigError(prefix, f"expected a mapping, got {node!r}")
     node = dict(node or {})
     fields = {f.name: f for f in dataclasses.fields(schema)}
     hints = typing.get_type_hints(schema)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -13,13 +16,37 @@ from clrepro.errors import ConfigError
 from clrepro.registry import BENCHMARKS
 
 
+_TASK_CACHE: OrderedDict[tuple, Task] = OrderedDict()
+TASK_CACHE_BYTES = 512 * 2**20  # per process: a sweep worker builds each task once, not once per run
+
+
+def _nbytes(task: Task) -> int:
+    return sum(s.x.element_size() * s.x.nelement() + s.y.element_size() * s.y.nelement()
+               for s in (task.train, task.val, task.test))
+
+
 class Benchmark:
-    """A sequence of tasks; `task(t)` builds task t (1-based) as CPU tensors, normalised."""
+    """A sequence of tasks; `task(t)` gives task t (1-based) as normalised CPU tensors, cached per process."""
 
     Config: type
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
+        self._key = (type(self).__name__, json.dumps(dataclasses.asdict(cfg), sort_keys=True))
+
+    def task(self, t: int) -> Task:
+        """Task t, built once per process (read-only: runs share the tensors) within TASK_CACHE_BYTES."""
+        key = (*self._key, t)
+        if key in _TASK_CACHE:
+            _TASK_CACHE.move_to_end(key)
+            return _TASK_CACHE[key]
+        task = self.build_task(t)
+        size = _nbytes(task)
+        if size <= TASK_CACHE_BYTES // 4:
+            _TASK_CACHE[key] = task
+            while sum(_nbytes(v) for v in _TASK_CACHE.values()) > TASK_CACHE_BYTES:
+                _TASK_CACHE.popitem(last=False)
+        return task
 
     @property
     def data(self) -> SourceData:
@@ -35,7 +62,7 @@ class Benchmark:
     def num_classes(self, t: int) -> int:
         raise NotImplementedError
 
-    def task(self, t: int) -> Task:
+    def build_task(self, t: int) -> Task:
         raise NotImplementedError
 
     def _splits(self, x_pool, y_pool, x_test, y_test) -> tuple[Split, Split, Split]:
@@ -85,7 +112,7 @@ class Permuted(Benchmark):
         first = x[:, 0].reshape(n, h * w)[:, perm].reshape(n, 1, h, w)
         return torch.cat([first, x[:, 1:]], dim=1) if c > 1 else first
 
-    def task(self, t: int) -> Task:
+    def build_task(self, t: int) -> Task:
         if not 1 <= t <= self.num_tasks:
             raise ValueError(f"task {t} out of 1..{self.num_tasks}")
         d, perm = self.data, self.permutation(t)
@@ -126,7 +153,7 @@ class SplitClasses(Benchmark):
     def num_classes(self, t: int) -> int:
         return len(self.classes(t))
 
-    def task(self, t: int) -> Task:
+    def build_task(self, t: int) -> Task:
         if not 1 <= t <= self.num_tasks:
             raise ValueError(f"task {t} out of 1..{self.num_tasks}")
         d, cls = self.data, self.classes(t)

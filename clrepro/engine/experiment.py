@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,19 +32,53 @@ class ExperimentResult:
     config_hash: str = ""
     out_dir: Path | None = None
     wall_seconds: float = 0.0
+    engine_seconds: float = 0.0  # training + evaluation of the main and the reference runs computed here
 
 
-def _reference(cfg: ExperimentConfig, kind: str, seed: int, listeners) -> tuple[np.ndarray, str]:
-    """A reference matrix: read from the configured path, or run now with the same seed."""
+class ReferenceCache:
+    """Reference matrices on disk keyed by (kind, reference config hash, seed): a reference run is
+    deterministic, so sweep trials that share it (same benchmark, backbone, optimizer) compute it once."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def _path(self, kind: str, chash: str, seed: int) -> Path:
+        return self.folder / f"{kind}-{chash}-seed{seed}.csv"
+
+    def get(self, kind: str, chash: str, seed: int) -> np.ndarray | None:
+        p = self._path(kind, chash, seed)
+        if not p.is_file():
+            return None
+        return read_joint_row(p) if kind == "joint" else read_acc_matrix(p)
+
+    def put(self, kind: str, chash: str, seed: int, mat: np.ndarray) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        p = self._path(kind, chash, seed)
+        tmp = p.with_suffix(f".{os.getpid()}.tmp")
+        (write_joint_csv if kind == "joint" else write_acc_csv)(tmp, mat)
+        os.replace(tmp, p)  # atomic: concurrent trials never read half a file
+
+
+def _reference(cfg: ExperimentConfig, kind: str, seed: int, listeners,
+               cache: ReferenceCache | None) -> tuple[np.ndarray, str, float]:
+    """A reference matrix and its source: the configured path, the cache, or a run now with the same seed."""
     setting = getattr(cfg.references, kind)
     if setting not in ("auto", "off"):
-        return (read_joint_row(setting) if kind == "joint" else read_acc_matrix(setting)), setting
-    result = run(reference_config(cfg, kind), seed, listeners)
-    return (result.acc[0] if kind == "joint" else result.acc), "run"
+        return (read_joint_row(setting) if kind == "joint" else read_acc_matrix(setting)), setting, 0.0
+    ref_cfg = reference_config(cfg, kind)
+    chash = config_hash(resolved_dict(ref_cfg))
+    if cache is not None and (hit := cache.get(kind, chash, seed)) is not None:
+        return hit, "cache", 0.0
+    result = run(ref_cfg, seed, listeners)
+    mat = result.acc[0] if kind == "joint" else result.acc
+    if cache is not None:
+        cache.put(kind, chash, seed, mat)
+    return mat, "run", result.train_seconds + result.eval_seconds
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, listeners: Iterable = (),
-                   reference_listeners: Iterable | None = None, seed: int | None = None) -> ExperimentResult:
+                   reference_listeners: Iterable | None = None, seed: int | None = None,
+                   reference_cache: ReferenceCache | None = None) -> ExperimentResult:
     """Run main + needed references with one seed, compute AA/BWT/FWT/FR, write the run folder if asked."""
     start = time.perf_counter()
     seed = cfg.seed if seed is None else seed
@@ -52,10 +87,12 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, lis
     chash = config_hash(resolved)
     main = run(cfg, seed, listeners)
     refs, sources = {}, {}
+    engine_seconds = main.train_seconds + main.eval_seconds
     for kind in needed_references(cfg):
         if getattr(cfg.references, kind) == "off":
             continue
-        refs[kind], sources[kind] = _reference(cfg, kind, seed, reference_listeners or ())
+        refs[kind], sources[kind], seconds = _reference(cfg, kind, seed, reference_listeners or (), reference_cache)
+        engine_seconds += seconds
     metrics = compute_cl_metrics(main.acc, independent=refs.get("independent"), joint=refs.get("joint"),
                                  random=refs.get("random"), fr_variant=cfg.fr_variant)
     metrics = {k: v for k, v in metrics.items() if k in cfg.metrics or k == "series"}
@@ -64,7 +101,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, lis
     metrics["references"] = sources
     metrics["task_extras"] = main.task_extras
     result = ExperimentResult(main, refs, sources, metrics, resolved, chash, None,
-                              time.perf_counter() - start)
+                              time.perf_counter() - start, engine_seconds)
     if out_dir is not None:
         write_run_folder(result, Path(out_dir), seed)
     return result
@@ -82,7 +119,7 @@ def write_run_folder(result: ExperimentResult, out: Path, seed: int) -> Path:
     write_acc_csv(out / "acc.csv", main.acc)
     write_acc_csv(out / "loss_cls.csv", main.loss, value_name="average_classification_loss")
     for kind, mat in result.references.items():
-        if result.reference_sources.get(kind) != "run":
+        if result.reference_sources.get(kind) not in ("run", "cache"):
             continue
         (out / f"ref{kind}").mkdir(exist_ok=True)
         if kind == "joint":
@@ -92,7 +129,8 @@ def write_run_folder(result: ExperimentResult, out: Path, seed: int) -> Path:
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
     (out / "config.yaml").write_text(yaml.safe_dump(result.config, sort_keys=False))
     timings = {"train_seconds": round(main.train_seconds, 3), "eval_seconds": round(main.eval_seconds, 3),
-               "main_wall_seconds": round(main.wall_seconds, 3), "steps": main.steps}
+               "main_wall_seconds": round(main.wall_seconds, 3), "engine_seconds": round(result.engine_seconds, 3),
+               "steps": main.steps}
     (out / "manifest.json").write_text(json.dumps(
         manifest(seed, result.config_hash, main.device, result.wall_seconds, {"timings": timings}), indent=2) + "\n")
     (out / "history.json").write_text(json.dumps(main.history) + "\n")

@@ -7,21 +7,22 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
-    import matplotlib
+def _figure(width: float, height: float):
+    """A pyplot-free Agg figure (no global state, cheaper than pyplot in a sweep worker)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=(width, height), dpi=90)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def accuracy_heatmap(acc: np.ndarray, path: Path, title: str = "") -> Path:
     """Lower-triangular a[t, N] as a heatmap on a 0..1 scale, values written in the cells (metrics.md §4.2)."""
-    plt = _pyplot()
     T = acc.shape[1]
     rows = acc.shape[0]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * T, 0.8 + 0.5 * rows), dpi=110)
+    fig = _figure(1.6 + 0.55 * T, 1.2 + 0.5 * rows)
+    ax = fig.add_axes((0.16, 0.16, 0.68, 0.72))
     im = ax.imshow(np.ma.masked_invalid(acc), vmin=0, vmax=1, cmap="viridis")
     for i in range(rows):
         for j in range(T):
@@ -33,28 +34,25 @@ def accuracy_heatmap(acc: np.ndarray, path: Path, title: str = "") -> Path:
     ax.set_xlabel("tested on task t")
     ax.set_ylabel("after training task N")
     ax.set_title(title or "accuracy a[t, N]", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
+    fig.colorbar(im, cax=fig.add_axes((0.87, 0.16, 0.03, 0.72)))
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
 def task_curves(acc: np.ndarray, path: Path, title: str = "") -> Path:
     """Each task's accuracy over training (one line per task) and the average accuracy AA_N."""
-    plt = _pyplot()
     T = acc.shape[1]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    fig = _figure(6, 3.5)
+    ax = fig.add_axes((0.1, 0.14, 0.86, 0.76))
     x = np.arange(1, acc.shape[0] + 1)
     for t in range(T):
         ax.plot(x, acc[:, t], marker=".", linewidth=1, label=f"task {t + 1}")
     ax.plot(x, np.nanmean(acc, axis=1), color="black", linewidth=2.5, label="AA")
     ax.set_ylim(0, 1)
+    ax.set_xticks(x)
     ax.set_xlabel("after training task N")
     ax.set_ylabel("test accuracy")
     ax.set_title(title or "per-task accuracy", fontsize=9)
     ax.legend(fontsize=6, ncol=2 if T > 8 else 1, loc="lower left")
-    fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path

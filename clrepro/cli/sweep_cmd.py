@@ -1,0 +1,66 @@
+"""`clrepro sweep FILE`: the Optuna search in Ray Tune, the final group, and a summary table."""
+
+from __future__ import annotations
+
+import math
+
+
+def _fmt(v, scale: float = 100.0) -> str:
+    return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{scale * v:.2f}"
+
+
+def print_summary(outcome) -> None:
+    from rich.table import Table
+
+    from clrepro.config.schema import METRICS
+    from clrepro.console import console
+
+    spec = outcome.spec
+    metric = spec.objective.metric
+    trials = sorted(outcome.trials, key=lambda t: (t.status != "DONE",
+                                                   -(t.objective or 0) if spec.objective.mode == "max" else (t.objective or 0)))
+    keys = list(spec.search_space)
+    table = Table(title=f"sweep {spec.name}: {len(trials)} trials, {metric} over seeds {spec.seeds.tune} (%)")
+    for col in ("trial", "status", *keys, f"{metric} mean ± std"):
+        table.add_column(col, justify="right" if col not in ("trial", "status") else "left")
+    for t in trials[:15]:
+        value = f"{_fmt(t.objective)} ± {_fmt(t.std)}" if t.status == "DONE" else (t.error or _fmt(t.objective))
+        table.add_row(t.trial_id, t.status, *[_param(t.params.get(k)) for k in keys], value[:80])
+    console.print(table)
+    failed = [t for t in outcome.trials if t.status == "FAILED"]
+    for t in failed:
+        console.print(f"[red]failed trial {t.trial_id}[/red]: {t.error}")
+    for f in outcome.final:
+        trial = f["trial"]
+        params = ", ".join(f"{k}={_param(v)}" for k, v in trial.params.items())
+        if "error" in f:
+            console.print(f"[red]final re-run of {trial.trial_id} failed[/red]: {f['error']}")
+            continue
+        agg = f["aggregate"]
+        ft = Table(title=f"best #{f['rank']} ({trial.trial_id}): {params} — report seeds {f['seeds']} (%)")
+        for m in METRICS:
+            ft.add_column(m, justify="right")
+        ft.add_column("n", justify="right")
+        ft.add_row(*[f"{_fmt(agg[f'{m}_mean'])} ± {_fmt(agg[f'{m}_std'])}" for m in METRICS],
+                   str(int(agg["AA_n"])))
+        console.print(ft)
+    console.print(f"[dim]wall {outcome.wall_seconds:.1f}s on {outcome.slots} slots: training + evaluation "
+                  f"{outcome.engine_seconds:.1f}s ({100 * outcome.efficiency:.1f}%), inside trials "
+                  f"{outcome.trial_seconds:.1f}s ({100 * outcome.occupancy:.1f}%); MLflow {outcome.tracking_uri} "
+                  f"(experiment '{spec.name}', parent run {outcome.parent_run_id}); Tune {outcome.sweep_dir}[/dim]")
+
+
+def _param(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def main(args) -> int:
+    from clrepro.sweep.runner import run_sweep
+
+    resume = args.resume if args.resume not in (None, "latest") else (True if args.resume == "latest" else None)
+    outcome = run_sweep(args.file, address=args.address, tracking_uri=args.tracking_uri, resume=resume,
+                        tune_path=args.storage, num_cpus=args.num_cpus, progress=not args.quiet)
+    print_summary(outcome)
+    return 0 if any(t.status == "DONE" for t in outcome.trials) else 1

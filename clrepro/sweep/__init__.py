@@ -1,0 +1,1 @@
+"""Sweeps: Ray Tune drives an Optuna search over multi-seed trials, every run logged to MLflow."""

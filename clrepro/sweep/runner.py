@@ -1,0 +1,405 @@
+"""The sweep driver: Ray (local or `--address`), Tune + OptunaSearch, MLflow parent run, final group, summary."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from clrepro.config.load import from_resolved, load_experiment, resolved_dict
+from clrepro.errors import ConfigError, UserError
+from clrepro.sweep.spec import SweepSpec, apply_params, grid_size, load_sweep, optuna_space
+from clrepro.sweep.trial import TrialContext, log_trial_summary
+from clrepro.tracking.mlflow_store import (GROUP, LEVEL, PARENT, SWEEP, SWEEP_DIR, TAG, TRIAL_ID, MlflowStore,
+                                           absolute_tracking_uri, flatten)
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    status: str
+    params: dict
+    objective: float | None = None
+    std: float | None = None
+    n: int = 0
+    error: str = ""
+    engine_seconds: float = 0.0
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep did: its trials, the final group's aggregate, where it lives, how long it took."""
+
+    spec: SweepSpec
+    sweep_dir: Path
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    trials: list[TrialSummary] = field(default_factory=list)
+    final: list[dict] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    engine_seconds: float = 0.0
+    trial_seconds: float = 0.0  # time inside trial functions (Tune's time_total_s), logging included
+    slots: int = 1
+
+    @property
+    def efficiency(self) -> float:
+        """Share of the wall time (× concurrent slots) spent training and evaluating in the engine."""
+        return self.engine_seconds / max(self.wall_seconds * self.slots, 1e-9)
+
+    @property
+    def occupancy(self) -> float:
+        """Share of the wall time (× slots) that trials were running (the rest: start-up, scheduling, idle)."""
+        return self.trial_seconds / max(self.wall_seconds * self.slots, 1e-9)
+
+
+class SweepInterrupted(UserError):
+    """The sweep was interrupted (Ctrl-C); Tune saved its state and `--resume` continues it."""
+
+    exit_code = 130
+
+
+def _interrupted(results, total: int) -> bool:
+    """Whether Tune stopped before every trial ended (it returns normally after a SIGINT)."""
+    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None)
+    if trials is None:
+        return len(results) < total
+    return len(trials) < total or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+
+
+def base_config(spec: SweepSpec, source: str) -> dict:
+    """The experiment's resolved config; every search-space key is checked against it up front."""
+    cfg = resolved_dict(load_experiment(spec.experiment.name, spec.experiment.overrides))
+    for key, dim in spec.search_space.items():
+        probe = dim.choices[0] if dim.type == "categorical" else (int(dim.low) if dim.type == "int" else dim.low)
+        try:
+            from_resolved(apply_params(cfg, {key: probe}))
+        except ConfigError as e:
+            raise ConfigError(f"search_space.{key}", e.problem if e.key == key else f"{e.key}: {e.problem}",
+                              e.allowed, source) from None
+    return cfg
+
+
+def _sweep_dir(spec: SweepSpec, root: Path, resume: str | bool | None) -> tuple[Path, bool]:
+    if not resume:
+        return root / f"{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}", False
+    if resume is True:
+        found = sorted((p for p in root.glob(f"{spec.name}-*") if (p / "tuner.pkl").exists()),
+                       key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise UserError(f"--resume: no interrupted sweep '{spec.name}-*' under {root}")
+        return found[-1], True
+    path = Path(resume).resolve()
+    if not (path / "tuner.pkl").exists():
+        raise UserError(f"--resume {resume}: not a Tune sweep folder (no tuner.pkl)")
+    return path, True
+
+
+def _init_ray(address: str | None, num_cpus: int | None):
+    """Connect to a Ray cluster, or start a local one; returns (ray, whether we started it)."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if not address:
+        # a local cluster: every process must agree on the auth mode (docs/stack.md)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    if ray.is_initialized():
+        return ray, False
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    if not address:
+        # Tune's trials run in actors, which never use the pre-started task workers: starting those would
+        # only compete with the first trials for the CPUs.
+        kwargs["_system_config"] = {"prestart_worker_first_driver": False}
+    try:
+        ray.init(**(dict(address=address) if address else dict(num_cpus=num_cpus)), **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise UserError(f"--address {address}: cannot reach Ray ({str(e).splitlines()[0]})") from None
+    return ray, True
+
+
+class Background:
+    """Run a function in a thread (Hydra composition, MLflow set-up) while Ray starts in the main thread."""
+
+    def __init__(self, fn, *args) -> None:
+        self.result, self.error = None, None
+
+        def target():
+            try:
+                self.result = fn(*args)
+            except BaseException as e:  # re-raised in the main thread by join()
+                self.error = e
+
+        self.thread = threading.Thread(target=target, daemon=True)
+        self.thread.start()
+
+    def join(self):
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+
+
+def _parent_run(store: MlflowStore, spec: SweepSpec, sweep_dir: Path, spec_path: Path) -> str:
+    tags = {LEVEL: "sweep", SWEEP: spec.name, SWEEP_DIR: str(sweep_dir)}
+    existing = store.find_runs(tags)
+    if existing:
+        store.set_status(existing[0].info.run_id, "RUNNING")
+        return existing[0].info.run_id
+    run_id = store.create_run(sweep_dir.name, tags)
+    import dataclasses
+
+    store.log_params(run_id, flatten(dataclasses.asdict(spec)))
+    store.log_text(run_id, spec_path.read_text(), "sweep.yaml")
+    return run_id
+
+
+def _searcher(spec: SweepSpec, n_search: int):
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = optuna_space(spec)
+    s = spec.sampler
+    if s.name == "grid":
+        sampler = optuna.samplers.GridSampler({k: d.choices for k, d in spec.search_space.items()}, seed=s.seed)
+    elif s.name == "random":
+        sampler = optuna.samplers.RandomSampler(seed=s.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
+    from clrepro.sweep.final import FinalGroupSearcher
+
+    search = OptunaSearch(space, metric="objective", mode=spec.objective.mode, sampler=sampler)
+    top_k = spec.final.top_k if spec.seeds.report else 0
+    search = FinalGroupSearcher(search, n_search, spec.seeds.report, top_k, spec.objective.mode)
+    return ConcurrencyLimiter(search, max_concurrent=spec.max_concurrent_trials)
+
+
+def _scheduler(spec: SweepSpec, max_t: int):
+    if spec.scheduler.name == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="tasks_done", metric="objective", mode=spec.objective.mode, max_t=max_t,
+                         grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor)
+
+
+def _summaries(results) -> list[TrialSummary]:
+    from clrepro.sweep.final import FINAL_KEY
+
+    out = []
+    for r in results:
+        if FINAL_KEY in (r.config or {}):
+            continue
+        m = r.metrics or {}
+        params = {k: v for k, v in (r.config or {}).items()}
+        tid = m.get("trial_id") or Path(r.path).name
+        if r.error is not None:
+            text = str(r.error).strip().splitlines()
+            msg = next((l for l in reversed(text) if l.strip() and not l.startswith(" ")), str(r.error))
+            out.append(TrialSummary(tid, "FAILED", params, error=msg[:300]))
+        elif m.get("partial", True):
+            out.append(TrialSummary(tid, "STOPPED", params, objective=m.get("objective")))
+        else:
+            out.append(TrialSummary(tid, "DONE", params, m.get("objective"), m.get("objective_std"),
+                                    int(m.get("n", 0)), engine_seconds=m.get("engine_seconds", 0.0)))
+    return out
+
+
+def _best(trials: list[TrialSummary], mode: str, k: int) -> list[TrialSummary]:
+    done = [t for t in trials if t.status == "DONE" and t.objective is not None and math.isfinite(t.objective)]
+    return sorted(done, key=lambda t: t.objective, reverse=(mode == "max"))[:k]
+
+
+def _final_summaries(store: MlflowStore, results, trials: list[TrialSummary]) -> list[dict]:
+    """Aggregate the final group's seed trials per best configuration and log mean ± std on its final run."""
+    import numpy as np
+
+    from clrepro.sweep.final import FINAL_KEY
+
+    by_rank: dict[int, dict] = {}
+    for r in results:
+        final = (r.config or {}).get(FINAL_KEY)
+        m = r.metrics or {}
+        if not final or m.get("skipped"):
+            continue
+        entry = by_rank.setdefault(final["rank"], {"records": [], "errors": []})
+        if m.get("run_id"):
+            entry.update(run_id=m["run_id"], source=m["source"])
+        if r.error is not None or m.get("acc") is None:
+            last = str(r.error).strip().splitlines()[-1] if r.error else "no result"
+            entry["errors"].append(f"seed {final['seed']}: {last}")
+        else:
+            entry["records"].append({**{k: m.get(k) for k in ("AA", "BWT", "FWT", "FR")}, "seed": m.get("seed"),
+                                     "acc": np.array(m["acc"], dtype=float), "engine_seconds": m.get("engine_seconds", 0.0)})
+    by_id = {t.trial_id: t for t in trials}
+    out = []
+    for rank in sorted(by_rank):
+        e = by_rank[rank]
+        trial = by_id.get(e.get("source"), TrialSummary(e.get("source", "?"), "DONE", {}))
+        if e["errors"] or "run_id" not in e:
+            error = "; ".join(e["errors"]) or "no final seed finished"
+            if "run_id" in e:
+                store.fail(e["run_id"], error)
+            out.append({"rank": rank, "trial": trial, "error": error})
+            continue
+        records = sorted(e["records"], key=lambda r: r["seed"])
+        agg = log_trial_summary(store, e["run_id"], records)
+        store.set_status(e["run_id"], "FINISHED")
+        out.append({"rank": rank, "trial": trial, "aggregate": agg, "seeds": [r["seed"] for r in records],
+                    "engine_seconds": sum(r["engine_seconds"] for r in records), "run_id": e["run_id"]})
+    return out
+
+
+def _reconcile(store: MlflowStore, ctx: TrialContext, trials: list[TrialSummary]) -> None:
+    """Trial runs a trial could not close itself (stopped by the scheduler, actor lost) get their end state."""
+    for t in trials:
+        for run in store.find_runs({LEVEL: "trial", SWEEP: ctx.sweep, TRIAL_ID: t.trial_id, GROUP: "search",
+                                    PARENT: ctx.parent_run_id}, statuses=["RUNNING"]):
+            if t.status == "FAILED":
+                store.fail(run.info.run_id, t.error or "trial failed")
+            elif t.status == "STOPPED":
+                store.set_tags(run.info.run_id, {TAG + "stopped_by": "scheduler"})
+                store.set_status(run.info.run_id, "KILLED")
+
+
+def _optuna_plots(store: MlflowStore, parent: str, spec: SweepSpec, trials: list[TrialSummary]) -> None:
+    """Optuna's optimisation history and parameter importances, rebuilt from the trials, on the parent run."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    space = optuna_space(spec)
+    study = optuna.create_study(direction="maximize" if spec.objective.mode == "max" else "minimize")
+    for t in trials:
+        params = {k: t.params[k] for k in space if k in t.params}
+        if len(params) != len(space):
+            continue
+        ok = t.status == "DONE" and t.objective is not None and math.isfinite(t.objective)
+        study.add_trial(create_trial(params=params, distributions=space, value=t.objective if ok else None,
+                                     state=TrialState.COMPLETE if ok else TrialState.FAIL))
+    with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from optuna.visualization import matplotlib as ovm
+
+        for name, plot in (("optuna_history.png", ovm.plot_optimization_history),
+                           ("optuna_importances.png", ovm.plot_param_importances)):
+            try:
+                ax = plot(study)
+                fig = ax.figure if hasattr(ax, "figure") else ax.flatten()[0].figure
+                fig.set_size_inches(7, 4)
+                fig.tight_layout()
+                fig.savefig(Path(d) / name, dpi=110)
+                plt.close(fig)
+            except (ValueError, RuntimeError, ZeroDivisionError):
+                continue  # e.g. importances need two finished trials with varying parameters
+        store.log_artifacts(parent, Path(d))
+
+
+def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: str | None = None,
+              resume: str | bool | None = None, tune_path: str | None = None, num_cpus: int | None = None,
+              progress: bool = True) -> SweepOutcome:
+    """Validate, search with Tune + Optuna, re-run the best on the report seeds, log everything to MLflow."""
+    start = time.perf_counter()
+    spec_path = Path(spec_path)
+    spec = load_sweep(spec_path)
+    uri = absolute_tracking_uri(tracking_uri or spec.storage.tracking_uri)
+    root = Path(tune_path or spec.storage.tune_path).resolve()
+    sweep_dir, resuming = _sweep_dir(spec, root, resume)
+    if address and uri.startswith("sqlite:"):
+        from clrepro.console import console
+
+        console.print("[yellow]note: a multi-node sweep needs an MLflow server all nodes reach "
+                      "(--tracking-uri http://HOST:PORT); sqlite works only where every node shares this disk[/yellow]")
+
+    base = base_config(spec, str(spec_path))  # every problem in the sweep file is reported before Ray starts
+
+    def prepare():
+        import ray.tune.search.optuna  # noqa: F401  (import while Ray starts: Tune, Optuna)
+
+        store = MlflowStore(uri)
+        exp_id = store.ensure_experiment(spec.name)
+        return store, exp_id, _parent_run(store, spec, sweep_dir, spec_path)
+
+    setup = Background(prepare)  # MLflow set-up in a thread while Ray starts here
+    started = False
+    try:
+        ray, started = _init_ray(address, num_cpus)
+        store, exp_id, parent = setup.join()
+        from ray import tune
+
+        T = from_resolved(base).benchmark.get("num_tasks")
+        ctx = TrialContext(spec.name, base, list(spec.metrics), spec.objective.metric, spec.objective.mode, uri,
+                           exp_id, parent, list(spec.seeds.tune), int(T), spec.resources.cpu, spec.resources.gpu,
+                           str(sweep_dir / "refcache"))
+        from clrepro.sweep.trial import tune_trainable
+
+        trainable = tune.with_resources(tune.with_parameters(tune_trainable, ctx=ctx),
+                                        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+        n_search = grid_size(spec) if spec.sampler.name == "grid" else spec.num_samples
+        n_final = spec.final.top_k * len(spec.seeds.report)
+        total = n_search + n_final
+        slots = int(max(1, min(spec.max_concurrent_trials, ray.cluster_resources().get("CPU", 1) // spec.resources.cpu)))
+        if resuming:
+            tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False)
+        else:
+            from clrepro.sweep.callbacks import SweepProgress
+
+            from clrepro.sweep.final import PublishRanking
+
+            callbacks = [PublishRanking(ctx, spec.final.top_k if spec.seeds.report else 0, spec.objective.mode)]
+            if progress:
+                callbacks.append(SweepProgress(total, spec.objective.metric, spec.objective.mode))
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=_searcher(spec, n_search), scheduler=_scheduler(spec, len(spec.seeds.tune) * T),
+                                            num_samples=total, reuse_actors=True),
+                run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(root), verbose=0,
+                                          callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=0),
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        logging.getLogger("ray.tune").setLevel(logging.WARNING)
+        results = tuner.fit()
+        if _interrupted(results, total):
+            store.set_tags(parent, {TAG + "interrupted": "true"})
+            store.set_status(parent, "KILLED")
+            raise SweepInterrupted(f"{spec_path}: sweep interrupted; its state is saved in {sweep_dir}: "
+                                   f"continue with `clrepro sweep {spec_path} --resume`")
+        trials = _summaries(results)
+        best = _best(trials, spec.objective.mode, spec.final.top_k)
+        _reconcile(store, ctx, trials)
+        final = _final_summaries(store, results, trials)
+        if best:
+            store.set_tags(parent, {TAG + "best_trial": best[0].trial_id})
+            store.log_params(parent, {f"best.{k}": v for k, v in best[0].params.items()})
+            store.log_metrics(parent, {f"best_{spec.objective.metric}": best[0].objective})
+        _optuna_plots(store, parent, spec, trials)
+        outcome = SweepOutcome(spec, sweep_dir, uri, exp_id, parent, trials, final)
+        outcome.engine_seconds = sum(t.engine_seconds for t in trials) + sum(f.get("engine_seconds", 0) for f in final)
+        outcome.slots = slots
+        outcome.trial_seconds = sum((r.metrics or {}).get("time_total_s", 0.0) - (r.metrics or {}).get("wait_seconds", 0.0)
+                                    for r in results)
+        outcome.wall_seconds = time.perf_counter() - start
+        store.log_metrics(parent, {"wall_seconds": outcome.wall_seconds, "efficiency": outcome.efficiency,
+                                   "occupancy": outcome.occupancy,
+                                   "trials_done": sum(t.status == "DONE" for t in trials),
+                                   "trials_failed": sum(t.status == "FAILED" for t in trials)})
+        store.set_status(parent, "FINISHED")
+        return outcome
+    finally:
+        setup.thread.join()
+        if started:
+            ray.shutdown()

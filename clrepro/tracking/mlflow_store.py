@@ -1,0 +1,170 @@
+"""MLflow tracking: sweep → trial → seed runs nested by explicit parent tags, found again by clrepro tags."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+TAG = "clrepro."  # prefix of every clrepro tag
+LEVEL, SWEEP, SWEEP_DIR, TRIAL_ID, GROUP, SEED = (TAG + k for k in
+                                                  ("level", "sweep", "sweep_dir", "trial_id", "group", "seed"))
+PARENT = "mlflow.parentRunId"
+
+
+def absolute_tracking_uri(uri: str | None) -> str:
+    """`sqlite:///rel.db` → `sqlite:////abs/rel.db`, so every Ray worker writes the same file."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
+def _retry(fn: Callable, *args, attempts: int = 8, **kwargs):
+    """Call an MLflow client method, retrying SQLite's 'database is locked' under concurrent trials."""
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # MlflowException wraps sqlalchemy's OperationalError
+            if "locked" not in str(e).lower() or i == attempts - 1:
+                raise
+            time.sleep(0.05 * 2 ** i)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} → {'a.b': 1} (lists kept as values)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class MlflowStore:
+    """A thin, retrying wrapper of MlflowClient for one experiment."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str | None = None) -> None:
+        import logging
+
+        from mlflow.tracking import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about creating tables
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id = experiment_id
+
+    # ----- experiments and runs ----------------------------------------------------------------------
+    def ensure_experiment(self, name: str, artifact_root: Path | None = None) -> str:
+        """The experiment's id, created once (in the driver) with an explicit artifact location."""
+        exp = _retry(self.client.get_experiment_by_name, name)
+        if exp is None:
+            location = None
+            if self.tracking_uri.startswith("sqlite:"):
+                root = artifact_root or Path(self.tracking_uri[len("sqlite:///"):]).parent / "mlartifacts"
+                location = (Path(root) / name).resolve().as_uri()
+            self.experiment_id = _retry(self.client.create_experiment, name, artifact_location=location)
+        else:
+            if exp.lifecycle_stage == "deleted":
+                _retry(self.client.restore_experiment, exp.experiment_id)
+            self.experiment_id = exp.experiment_id
+        return self.experiment_id
+
+    def create_run(self, name: str, tags: dict[str, Any], parent: str | None = None) -> str:
+        tags = {k: str(v) for k, v in tags.items()}
+        if parent:
+            tags[PARENT] = parent  # explicit nesting: fluent nesting does not cross Ray processes
+        return _retry(self.client.create_run, self.experiment_id, tags=tags, run_name=name).info.run_id
+
+    def find_runs(self, tags: dict[str, Any], statuses: Iterable[str] | None = None) -> list:
+        """Active (not deleted) runs carrying all `tags`, optionally with one of `statuses`."""
+        filt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = []
+        token = None
+        while True:
+            page = _retry(self.client.search_runs, [self.experiment_id], filter_string=filt, max_results=1000,
+                          page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        if statuses is not None:
+            runs = [r for r in runs if r.info.status in set(statuses)]
+        return runs
+
+    def delete_run(self, run_id: str) -> None:
+        _retry(self.client.delete_run, run_id)
+
+    def set_status(self, run_id: str, status: str) -> None:
+        if status == "RUNNING":
+            _retry(self.client.update_run, run_id, status="RUNNING")
+        else:
+            _retry(self.client.set_terminated, run_id, status=status)
+
+    def fail(self, run_id: str, error: BaseException | str) -> None:
+        """Record a failed run with its error (tag and artifact), status FAILED."""
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        self.set_tags(run_id, {TAG + "error": text.splitlines()[0][:4000] if text else "error"})
+        self.log_text(run_id, text, "error.txt")
+        self.set_status(run_id, "FAILED")
+
+    # ----- logging ---------------------------------------------------------------------------------------
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        _retry(self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            _retry(self.client.log_batch, run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float | None], step: int = 0,
+                    stepped: list[dict[str, float]] = ()) -> None:
+        """Log finite metrics in one batch (None and NaN are skipped: MLflow stores no 'undefined');
+        `stepped[i]` is logged at step i + 1 (per-task values) in the same batch."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        rows = [(metrics, step)] + [(m, i + 1) for i, m in enumerate(stepped)]
+        items = [Metric(k, float(v), now, s) for values, s in rows for k, v in values.items()
+                 if v is not None and math.isfinite(float(v))]
+        for i in range(0, len(items), 500):
+            _retry(self.client.log_batch, run_id, metrics=items[i:i + 500])
+
+    def log_series(self, run_id: str, series: dict[str, list[float | None]], first_step: dict[str, int]) -> None:
+        """Per-N series as stepped metrics `series/<name>` (step = N)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(f"series/{k}", float(v), now, first_step.get(k, 1) + i)
+                 for k, values in series.items() for i, v in enumerate(values)
+                 if v is not None and math.isfinite(float(v))]
+        for i in range(0, len(items), 500):
+            _retry(self.client.log_batch, run_id, metrics=items[i:i + 500])
+
+    def log_artifacts(self, run_id: str, folder: Path, path: str | None = None) -> None:
+        _retry(self.client.log_artifacts, run_id, str(folder), path)
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / name).write_text(text)
+            _retry(self.client.log_artifact, run_id, str(Path(d) / name))
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return dict(_retry(self.client.get_run, run_id).data.tags)
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        return dict(_retry(self.client.get_run, run_id).data.metrics)
+
+    def download(self, run_id: str, path: str, dst: Path) -> Path:
+        return Path(_retry(self.client.download_artifacts, run_id, path, str(dst)))
