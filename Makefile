@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml ci/constraints.txt | sha1sum | cut -c1-12)
 CLREPRO := $(VENV)/bin/clrepro
 
-.PHONY: venv quickstart test test-fast bench tables clean
+.PHONY: venv quickstart test bench tables clean
 
 venv: $(STAMP)
 
@@ -19,9 +19,14 @@ $(STAMP): pyproject.toml ci/constraints.txt
 
 quickstart: venv
 	$(CLREPRO) sweep sweeps/quickstart.yaml
+	$(CLREPRO) table paper_tables/ci/quickstart.yaml --out outputs/tables
 
 test: venv
 	$(VENV)/bin/python -m pytest
+
+# Regenerate the CI-scale tables into a clean store and compare with paper_tables/ci/expected/.
+tables: venv
+	$(VENV)/bin/python ci/regenerate_tables.py
 
 bench: venv
 	$(VENV)/bin/python benchmarks/hat_step_overhead.py

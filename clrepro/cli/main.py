@@ -9,6 +9,7 @@ COMMANDS = {
     "run": ("clrepro.cli.run_cmd", "run one CL experiment (and the references its metrics need)"),
     "metrics": ("clrepro.cli.metrics_cmd", "compute AA, BWT, FWT, FR from acc.csv matrix files"),
     "sweep": ("clrepro.cli.sweep_cmd", "hyperparameter sweep: Optuna in Ray Tune, multi-seed trials, MLflow"),
+    "table": ("clrepro.cli.table_cmd", "mean ± std table from logged runs, beside the published numbers"),
     "ui": ("clrepro.cli.ui_cmd", "start the MLflow UI on the tracking store"),
     "list": ("clrepro.cli.list_cmd", "list algorithms, benchmarks, backbones and experiments"),
 }
@@ -55,13 +56,21 @@ def _sweep_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--quiet", action="store_true", help="no live progress")
 
 
+def _table_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("spec", help="table spec, e.g. paper_tables/ci/quickstart.yaml")
+    sp.add_argument("--run", action="store_true", help="produce missing runs first (sweeps, experiment seeds)")
+    sp.add_argument("--out", help="write SPEC.md, SPEC.tex, SPEC.csv and SPEC.png here (and log them to MLflow)")
+    sp.add_argument("--tracking-uri", help="MLflow store to read (default: the spec's, sqlite:///mlflow.db)")
+    sp.add_argument("--no-log", action="store_true", help="with --out: do not log the files to MLflow")
+
+
 def _ui_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--tracking-uri", help="MLflow store (default sqlite:///mlflow.db)")
     sp.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
     sp.add_argument("--port", type=int, default=5000)
 
 
-_ARGS = {"run": _run_args, "metrics": _metrics_args, "sweep": _sweep_args, "ui": _ui_args, "list": _list_args}
+_ARGS = {"run": _run_args, "metrics": _metrics_args, "sweep": _sweep_args, "table": _table_args, "ui": _ui_args, "list": _list_args}
 
 
 def main(argv: list[str] | None = None) -> int:

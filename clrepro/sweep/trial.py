@@ -22,6 +22,7 @@ from clrepro.config.load import from_resolved
 from clrepro.config.schema import METRICS
 from clrepro.sweep.spec import apply_params
 from clrepro.tracking.mlflow_store import GROUP, LEVEL, PARENT, SEED, SWEEP, TAG, TRIAL_ID, MlflowStore
+from clrepro.tracking.runs import log_experiment_result, run_tags
 
 
 class TrialFailed(RuntimeError):
@@ -126,23 +127,14 @@ def run_seed(ctx: TrialContext, store: MlflowStore, cfg, params: dict, seed: int
             m = old.data.metrics
             return _seed_record(m, acc, 0.0) | {"reused": True}
         store.delete_run(old.info.run_id)  # interrupted mid-seed: start this seed afresh
-    run_id = store.create_run(f"{trial_key}-seed{seed}", {**tags, **ctx.extra_tags,
-                                                          TAG + "algorithm": cfg.algorithm.get("name"),
-                                                          TAG + "benchmark": cfg.benchmark.get("name"),
-                                                          TAG + "experiment": cfg.name}, parent=trial_run)
+    run_id = store.create_run(f"{trial_key}-seed{seed}", {**tags, **ctx.extra_tags, **run_tags(cfg)},
+                              parent=trial_run)
     try:
         store.log_params(run_id, {**params, "seed": seed})
         cache = ReferenceCache(ctx.ref_cache) if ctx.ref_cache else None
         with tempfile.TemporaryDirectory() as d:
             result = run_experiment(cfg, Path(d), listeners, seed=seed, reference_cache=cache)
-            store.set_tags(run_id, {TAG + "config_hash": result.config_hash})
-            m = result.metrics
-            store.log_metrics(run_id, {k: m.get(k) for k in METRICS} | {
-                "engine_seconds": result.engine_seconds, "train_seconds": result.main.train_seconds,
-                "eval_seconds": result.main.eval_seconds, "wall_seconds": result.wall_seconds},
-                stepped=m.get("task_extras", []))
-            store.log_series(run_id, m["series"], {"AA": 1, "BWT": 2, "FWT": 2, "FR_I": 1})
-            store.log_artifacts(run_id, Path(d))
+            log_experiment_result(store, run_id, result, Path(d))
         store.set_status(run_id, "FINISHED")
     except BaseException as e:
         store.fail(run_id, e)

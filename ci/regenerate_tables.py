@@ -1,0 +1,94 @@
+"""Regenerate the CI-scale tables into a clean tracking store and compare them with the committed outputs.
+
+Usage: python ci/regenerate_tables.py [--update] [TABLE.yaml ...]   (default: paper_tables/ci/*.yaml)
+For each table with `regenerate: true`: produce its runs (`--run`) in a fresh MLflow store, render its
+CSV, and compare with paper_tables/ci/expected/<name>.csv. The comparison tolerates what another
+machine can change (floating-point kernels: |Δ| ≤ ATOL display points on means and stds, default 0.5,
+env CLREPRO_TABLE_ATOL) and fails on drift: a different row, column, seed set, n or published value,
+or a number further off. On the machine that wrote the expected files the numbers are identical.
+`--update` rewrites the expected files instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPECTED = ROOT / "paper_tables" / "ci" / "expected"
+EXACT = ("row", "benchmark", "metric", "n", "published_mean", "published_std", "published_n", "seeds")
+CLOSE = ("mean", "std")
+
+
+def regenerate(spec_path: Path, tracking_uri: str) -> str:
+    from clrepro.tables.produce import produce_missing
+    from clrepro.tables.render import to_csv
+    from clrepro.tables.sources import RunReader
+    from clrepro.tables.spec import load_table
+    from clrepro.tables.table import build_table
+
+    spec = load_table(spec_path)
+    spec.tracking_uri = tracking_uri
+    reader = RunReader(tracking_uri)
+    produce_missing(spec, reader, log=lambda m: print(f"  {m}", flush=True))
+    return to_csv(build_table(spec, RunReader(tracking_uri)))
+
+
+def compare(name: str, got: str, expected: str, atol: float) -> list[str]:
+    """Differences beyond what a changed machine explains ([] when the tables agree)."""
+    g = list(csv.DictReader(io.StringIO(got)))
+    e = list(csv.DictReader(io.StringIO(expected)))
+    if len(g) != len(e):
+        return [f"{name}: {len(g)} cells, expected {len(e)}"]
+    problems = []
+    for a, b in zip(g, e):
+        where = f"{name}: {b['row']} / {b['benchmark']} {b['metric']}"
+        for k in EXACT:
+            if a[k] != b[k]:
+                problems.append(f"{where}: {k} is {a[k]!r}, expected {b[k]!r}")
+        for k in CLOSE:
+            if (a[k] == "") != (b[k] == ""):
+                problems.append(f"{where}: {k} is {a[k]!r}, expected {b[k]!r}")
+            elif a[k] and abs(float(a[k]) - float(b[k])) > atol:
+                problems.append(f"{where}: {k} drifted to {float(a[k]):.4f} from {float(b[k]):.4f} (> {atol})")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("tables", nargs="*", type=Path)
+    ap.add_argument("--update", action="store_true", help="rewrite the expected CSVs")
+    args = ap.parse_args(argv)
+    import yaml
+
+    tables = args.tables or sorted((ROOT / "paper_tables" / "ci").glob("*.yaml"))
+    atol = float(os.environ.get("CLREPRO_TABLE_ATOL", "0.5"))
+    failures = []
+    with tempfile.TemporaryDirectory() as d:
+        uri = f"sqlite:///{d}/mlflow.db"
+        for path in tables:
+            if not (yaml.safe_load(path.read_text()) or {}).get("regenerate", True):
+                continue
+            print(f"regenerating {path.relative_to(ROOT)}", flush=True)
+            got = regenerate(path, uri)
+            expected_file = EXPECTED / f"{path.stem}.csv"
+            if args.update or not expected_file.exists():
+                EXPECTED.mkdir(parents=True, exist_ok=True)
+                expected_file.write_text(got)
+                print(f"  wrote {expected_file.relative_to(ROOT)}")
+                continue
+            problems = compare(path.stem, got, expected_file.read_text(), atol)
+            failures += problems
+            print(f"  {'OK' if not problems else 'DRIFT'}: {path.stem}")
+    for p in failures:
+        print(f"drift: {p}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Tables: mean ± std over seeds from logged runs, beside the published numbers (no engine, no Ray)."""

@@ -1,0 +1,63 @@
+"""`clrepro table --run`: produce a table's missing runs (its sweeps, or its experiments' seeds) first."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from clrepro.tables.sources import RunReader, table_experiment_name
+from clrepro.tables.spec import Selector, TableSpec
+
+
+def experiment_identity(sel: Selector) -> tuple[str, str]:
+    """(experiment name, config hash) of an experiment selector: runs match by hash, so edits never mix."""
+    from clrepro.config.load import config_hash, load_experiment, resolved_dict
+
+    cfg = load_experiment(sel.experiment, sel.overrides)
+    return cfg.name, config_hash(resolved_dict(cfg))
+
+
+def produce_missing(spec: TableSpec, reader: RunReader, log=print) -> int:
+    """Run every sweep or experiment seed the table lacks; returns how many runs were produced."""
+    made = 0
+    done_sweeps: set[str] = set()
+    for row in spec.rows:
+        for bench, sel in row.runs.items():
+            if sel.sweep:
+                if sel.sweep_file and sel.sweep_file not in done_sweeps and reader.latest_sweep_run(sel.sweep) is None:
+                    from clrepro.sweep.runner import run_sweep
+
+                    log(f"running sweep {sel.sweep_file} for {row.label} / {bench}")
+                    run_sweep(sel.sweep_file, tracking_uri=spec.tracking_uri, progress=False)
+                    done_sweeps.add(sel.sweep_file)
+                    made += 1
+            elif sel.experiment:
+                have = {v.seed for v in reader.read(sel)}
+                for seed in sel.seeds:
+                    if seed not in have:
+                        log(f"running {sel.experiment} seed {seed} for {row.label} / {bench}")
+                        run_experiment_seed(spec.tracking_uri, sel, seed)
+                        made += 1
+    return made
+
+
+def run_experiment_seed(tracking_uri: str, sel: Selector, seed: int) -> str:
+    """One seed of an experiment selector, logged as a seed run in the MLflow experiment 'table/<name>'."""
+    from clrepro.config.load import load_experiment
+    from clrepro.engine.experiment import run_experiment
+    from clrepro.tracking.mlflow_store import GROUP, LEVEL, SEED, MlflowStore, absolute_tracking_uri
+    from clrepro.tracking.runs import log_experiment_result, run_tags
+
+    cfg = load_experiment(sel.experiment, sel.overrides)
+    store = MlflowStore(absolute_tracking_uri(tracking_uri))
+    store.ensure_experiment(table_experiment_name(cfg.name))
+    run_id = store.create_run(f"{cfg.name}-seed{seed}", {LEVEL: "seed", GROUP: "table", SEED: seed, **run_tags(cfg)})
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            result = run_experiment(cfg, Path(d), seed=seed)
+            log_experiment_result(store, run_id, result, Path(d))
+        store.set_status(run_id, "FINISHED")
+    except BaseException as e:
+        store.fail(run_id, e)
+        raise
+    return run_id

@@ -1,0 +1,152 @@
+"""Tables: aggregation on hand-made runs, published comparison, LaTeX shape, CI drift detection."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clrepro.tables.aggregate import Cell, Published
+from clrepro.tables.render import latex_escape, to_csv, to_latex, to_markdown
+from clrepro.tables.sources import RunReader
+from clrepro.tables.spec import load_table
+from clrepro.tables.table import build_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_runs(folder: Path, approach: str, values: list[dict]) -> None:
+    for seed, metrics in enumerate(values, start=1):
+        d = folder / approach / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps(metrics))
+        (d / "manifest.json").write_text(json.dumps({"seed": seed}))
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    make_runs(tmp_path / "runs", "hat", [{"AA": 0.80, "BWT": 0.0}, {"AA": 0.84, "BWT": -0.01}, {"AA": 0.82, "BWT": None}])
+    make_runs(tmp_path / "runs", "ft", [{"AA": 0.70, "BWT": -0.2}])
+    (tmp_path / "pub.csv").write_text("approach,benchmark,metric,mean,std\nHAT & co,pm,AA,81.0,1.5\n"
+                                      "Finetuning_1,pm,AA,60.0,2.0\n")
+    spec = {"title": "Test table 100%", "published": "pub.csv", "published_n": {"pm": 5},
+            "columns": [{"benchmark": "pm", "metric": "AA"}, {"benchmark": "pm", "metric": "BWT"}],
+            "rows": [{"label": "HAT & co", "runs": {"pm": {"folders": "runs/hat/*"}}},
+                     {"label": "Finetuning_1", "runs": {"pm": {"folders": "runs/ft/*"}}},
+                     {"label": "LwF", "note": "not built yet"}],
+            "tolerance": {"rule": "std", "value": 1.0}}
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_aggregation_on_hand_made_runs(spec_file):
+    table = build_table(load_table(spec_file), RunReader("sqlite:///nowhere.db"))
+    hat_aa, hat_bwt = table.cells[0]
+    assert hat_aa.values == pytest.approx([80.0, 84.0, 82.0])
+    assert (hat_aa.n, hat_aa.mean, hat_aa.std) == (3, pytest.approx(82.0), pytest.approx(2.0))  # ddof = 1
+    assert hat_bwt.n == 2 and hat_bwt.mean == pytest.approx(-0.5) and hat_bwt.std == pytest.approx(0.5 ** 0.5)
+    ft_aa = table.cells[1][0]
+    assert ft_aa.n == 1 and ft_aa.std is None  # one seed: no std
+    lwf = table.cells[2]
+    assert all(c.n == 0 and c.mean is None for c in lwf) and table.row_notes[2] == "not built yet"
+    # published comparison: Δ, tolerance (|Δ| ≤ 1 × published std) and Welch's t-test
+    assert hat_aa.delta == pytest.approx(1.0) and hat_aa.within is True
+    assert ft_aa.delta == pytest.approx(10.0) and ft_aa.within is False
+    from scipy.stats import ttest_ind_from_stats
+
+    expected_p = ttest_ind_from_stats(82.0, 2.0, 3, 81.0, 1.5, 5, equal_var=False).pvalue
+    assert hat_aa.p_value == pytest.approx(expected_p)
+    assert ft_aa.p_value is None  # n = 1
+    md = to_markdown(table)
+    assert "82.00 ± 2.00 (n=3) / 81.00 ± 1.50 ✓" in md and "LwF ¹" in md and "¹ LwF: not built yet" in md
+    csv_text = to_csv(table)
+    assert "HAT & co,pm,AA,3,82.0000,2.0000,81.0,1.5,5,1.0000,True," in csv_text
+    assert "LwF,pm,AA,0,,," in csv_text
+
+
+def test_cell_verdict_rules():
+    cell = Cell([10.0, 12.0], Published(10.0, None, None), "points", 1.5)
+    assert cell.delta == pytest.approx(1.0) and cell.within is True
+    assert Cell([10.0, 12.0], Published(10.0, None, None), "std", 1.0).within is None  # no published std
+    assert Cell([10.0, 12.0], Published(10.0, 1.0, 5), "none", 1.0).within is None
+
+
+def test_latex_is_balanced_and_escaped(spec_file):
+    tex = to_latex(build_table(load_table(spec_file), RunReader("sqlite:///nowhere.db")))
+    for env in ("table", "tabular"):
+        assert tex.count(rf"\begin{{{env}}}") == tex.count(rf"\end{{{env}}}") == 1
+    assert tex.index(r"\begin{tabular}") < tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
+    assert tex.count("{") == tex.count("}")
+    assert r"HAT \& co" in tex and r"Finetuning\_1" in tex and r"100\%" in tex
+    assert r"\textbf{82.00 $\pm$ 2.00}" in tex  # best AA of the column in bold
+    body = [l for l in tex.splitlines() if l.endswith(r"\\") and not l.startswith(("Approach", " &"))]
+    assert len(body) == 3 and all(len(re.findall(r"(?<!\\)&", l)) == 4 for l in body)  # label + 2 × (ours, paper)
+    assert re.search(r"(?<!\\)[&%_#]", latex_escape("a & b_c % d # e").replace(r"\&", "").replace(r"\_", "")
+                     .replace(r"\%", "").replace(r"\#", "")) is None
+
+
+def test_bad_table_spec_is_one_line_exit_2(tmp_path, spec_file):
+    spec = yaml.safe_load(spec_file.read_text())
+    spec["columns"][0]["metric"] = "ACC"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(spec))
+    p = subprocess.run([sys.executable, "-m", "clrepro", "table", str(bad)], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert p.stderr.strip() == (f"error: {bad}: columns[0].metric: 'ACC' is not allowed "
+                                "(allowed: AA, BWT, FWT, FR)")
+
+
+def test_sweep_selector_reads_the_final_group_of_the_latest_sweep(tmp_path):
+    from clrepro.tracking.mlflow_store import GROUP, LEVEL, SEED, SWEEP, TAG, TRIAL_ID, MlflowStore
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store = MlflowStore(uri)
+    store.ensure_experiment("sw")
+
+    def sweep(aa_values, finished=True):
+        parent = store.create_run("sweep", {LEVEL: "sweep", SWEEP: "sw"})
+        for rank, values in ((1, aa_values), (2, [0.1])):
+            trial = store.create_run("t", {LEVEL: "trial", SWEEP: "sw", TRIAL_ID: f"final{rank}", GROUP: "final",
+                                           TAG + "rank": rank}, parent=parent)
+            for seed, aa in enumerate(values, start=11):
+                run = store.create_run("s", {LEVEL: "seed", GROUP: "final", SEED: seed}, parent=trial)
+                store.log_metrics(run, {"AA": aa})
+                store.set_status(run, "FINISHED")
+            store.set_status(trial, "FINISHED")
+        if finished:
+            store.set_status(parent, "FINISHED")
+
+    sweep([0.5, 0.6])
+    sweep([0.7, 0.8, 0.9])  # the latest finished sweep wins
+    sweep([0.0], finished=False)  # an unfinished one is ignored
+    spec = {"title": "t", "tracking_uri": uri, "columns": [{"benchmark": "b", "metric": "AA"}],
+            "rows": [{"label": "HAT", "runs": {"b": {"sweep": "sw", "group": "final"}}}]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    table = build_table(load_table(tmp_path / "s.yaml"))
+    cell = table.cells[0][0]
+    assert cell.values == pytest.approx([70.0, 80.0, 90.0]) and cell.std == pytest.approx(10.0)
+    assert [s.seed for s in table.origins[0][0]] == [11, 12, 13]
+
+
+def test_ci_regeneration_fails_when_a_number_drifts():
+    sys.path.insert(0, str(ROOT / "ci"))
+    from regenerate_tables import compare
+
+    expected = (ROOT / "paper_tables" / "ci" / "expected" / "fg_adahat.csv").read_text()
+    assert compare("fg", expected, expected, 0.5) == []
+    lines = expected.splitlines()
+    row = lines[1].split(",")
+    row[4] = f"{float(row[4]) + 0.3:.4f}"  # within what another machine can change
+    assert compare("fg", "\n".join([lines[0], ",".join(row), *lines[2:]]), expected, 0.5) == []
+    row[4] = f"{float(row[4]) + 1.0:.4f}"  # drift
+    problems = compare("fg", "\n".join([lines[0], ",".join(row), *lines[2:]]), expected, 0.5)
+    assert len(problems) == 1 and "mean drifted" in problems[0]
+    row = lines[1].split(",")
+    row[3] = "2"  # a seed lost
+    assert any("n is '2'" in p for p in compare("fg", "\n".join([lines[0], ",".join(row), *lines[2:]]), expected, 0.5))
