@@ -26,11 +26,10 @@ class ConfigError(UserError):
         allowed = f" (allowed: {self.allowed})" if self.allowed else ""
         return f"{where}{self.key}: {self.problem}{allowed}"
 
-    def with_source(self, source: str) -> "ConfigError":
-        """Return the same error, attributed to `source` (a file path) if it has none yet."""
-        if self.source:
-            return self
-        return ConfigError(self.key, self.problem, self.allowed, source)
+    def located(self, source: str | None, strip: str = "") -> "ConfigError":
+        """The same error with the key's synthetic `strip` prefix removed, attributed to `source` if unset."""
+        key = self.key[len(strip):] if strip and self.key.startswith(strip) else self.key
+        return ConfigError(key, self.problem, self.allowed, self.source or source)
 
 
 class DataUnavailableError(UserError):

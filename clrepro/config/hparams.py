@@ -130,6 +130,27 @@ def build(schema: type, node: dict | None, prefix: str, extra_ok: Iterable[str] 
     return schema(**kwargs)
 
 
+def read_mapping(path, what: str) -> dict:
+    """A YAML file's top-level mapping (a deep copy), or a one-line UserError naming the file."""
+    import copy
+    from pathlib import Path
+
+    import yaml
+
+    from clrepro.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    return copy.deepcopy(raw)
+
+
 def describe(schema: type) -> list[dict]:
     """Rows (name, type, default, allowed, doc) describing a schema, for `clrepro list`."""
     rows = []

@@ -129,8 +129,7 @@ def validate(raw: dict, source: str | None = None) -> ExperimentConfig:
         # re-key top-level errors without the synthetic prefix
         components(cfg)
     except ConfigError as e:
-        key = e.key[len("config."):] if e.key.startswith("config.") else e.key
-        raise ConfigError(key, e.problem, e.allowed, e.source or source) from None
+        raise e.located(source, strip="config.") from None
     return cfg
 
 

@@ -7,11 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from clrepro.config.hparams import build, hp
+from clrepro.config.hparams import build, hp, read_mapping
 from clrepro.config.schema import METRICS
-from clrepro.errors import ConfigError, UserError
+from clrepro.errors import ConfigError
 
 
 @dataclass
@@ -112,15 +110,7 @@ def _check_dimension(key: str, d: Dimension) -> None:
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and validate a sweep file; every problem is one line naming the file, key and allowed values."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: sweep file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping at the top level")
-    raw = copy.deepcopy(raw)
+    raw = read_mapping(path, "sweep file")
     if isinstance(raw.get("experiment"), str):
         raw["experiment"] = {"name": raw["experiment"]}
     try:
@@ -140,8 +130,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         if spec.sampler.name == "grid" and any(d.type != "categorical" for d in spec.search_space.values()):
             raise ConfigError("sampler.name", "grid needs categorical dimensions only", ["tpe", "random"])
     except ConfigError as e:
-        key = e.key[len("sweep."):] if e.key.startswith("sweep.") else e.key
-        raise ConfigError(key, e.problem, e.allowed, str(path)) from None
+        raise e.located(str(path), strip="sweep.") from None
     return spec
 
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from clrepro.config.hparams import build, hp
-from clrepro.errors import ConfigError, UserError
+from clrepro.config.hparams import build, hp, read_mapping
+from clrepro.errors import ConfigError
 
 METRIC_NAMES = ("AA", "BWT", "FWT", "FR")
 
@@ -73,15 +70,7 @@ class TableSpec:
 def load_table(path: str | Path) -> TableSpec:
     """Read and validate a table spec; problems are one line naming the file, key and allowed values."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: table spec not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping at the top level")
-    raw = copy.deepcopy(raw)
+    raw = read_mapping(path, "table spec")
     try:
         spec = build(TableSpec, raw, "table", extra_ok=())
         benchmarks = {c.benchmark for c in spec.columns}
@@ -96,8 +85,7 @@ def load_table(path: str | Path) -> TableSpec:
                 if sel.experiment and not sel.seeds:
                     raise ConfigError(f"{key}.seeds", "an experiment selector needs its seeds", None)
     except ConfigError as e:
-        k = e.key[len("table."):] if e.key.startswith("table.") else e.key
-        raise ConfigError(k, e.problem, e.allowed, str(path)) from None
+        raise e.located(str(path), strip="table.") from None
     if spec.published:
         pub = (path.parent / spec.published)
         if not pub.is_file():
