@@ -68,6 +68,7 @@ ALGORITHMS = Registry(
         "clrepro.algorithms.joint",
         "clrepro.algorithms.random",
         "clrepro.algorithms.hat",
+        "clrepro.algorithms.adahat",
     ),
 )
 BACKBONES = Registry("backbone", modules=("clrepro.backbones.mlp", "clrepro.backbones.resnet"))
