@@ -73,28 +73,22 @@ class HATMasks(nn.Module):
         dev = self._dummy.device
         return {l: torch.ones(n, device=dev) for l, n in self.layer_units.items()}
 
-    def cumulative(self, tasks: Iterable[int] | None = None) -> dict[str, torch.Tensor]:
-        """M^{<t}: elementwise max of the stored masks of `tasks` (default all); zeros if none."""
+    def _fold(self, tasks: Iterable[int] | None, combine) -> dict[str, torch.Tensor]:
         tasks = list(self.task_masks) if tasks is None else list(tasks)
         dev = self._dummy.device
         out = {l: torch.zeros(n, device=dev) for l, n in self.layer_units.items()}
         for t in tasks:
             for l in out:
-                out[l] = torch.maximum(out[l], self.task_masks[t][l])
+                out[l] = combine(out[l], self.task_masks[t][l])
         return out
+
+    def cumulative(self, tasks: Iterable[int] | None = None) -> dict[str, torch.Tensor]:
+        """M^{<t}: elementwise max of the stored masks of `tasks` (default all); zeros if none."""
+        return self._fold(tasks, torch.maximum)
 
     def summative(self, tasks: Iterable[int] | None = None) -> dict[str, torch.Tensor]:
         """S^{<t}: elementwise sum of the stored masks of `tasks` (default all)."""
-        tasks = list(self.task_masks) if tasks is None else list(tasks)
-        dev = self._dummy.device
-        out = {l: torch.zeros(n, device=dev) for l, n in self.layer_units.items()}
-        for t in tasks:
-            for l in out:
-                out[l] = out[l] + self.task_masks[t][l]
-        return out
-
-    def state_for_checkpoint(self) -> dict:
-        return {t: {l: m.cpu() for l, m in ms.items()} for t, ms in self.task_masks.items()}
+        return self._fold(tasks, torch.add)
 
     def _apply(self, fn, recurse=True):  # keep stored masks on the module's device
         out = super()._apply(fn, recurse)

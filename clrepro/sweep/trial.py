@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,6 @@ class TrialContext:
     cpu: float = 1.0
     gpu: float = 0.0
     ref_cache: str | None = None
-    extra_tags: dict[str, str] = field(default_factory=dict)
 
 
 def configure_worker(ctx: TrialContext) -> None:
@@ -127,7 +126,7 @@ def run_seed(ctx: TrialContext, store: MlflowStore, cfg, params: dict, seed: int
             m = old.data.metrics
             return _seed_record(m, acc, 0.0) | {"reused": True}
         store.delete_run(old.info.run_id)  # interrupted mid-seed: start this seed afresh
-    run_id = store.create_run(f"{trial_key}-seed{seed}", {**tags, **ctx.extra_tags, **run_tags(cfg)},
+    run_id = store.create_run(f"{trial_key}-seed{seed}", {**tags, **run_tags(cfg)},
                               parent=trial_run)
     try:
         store.log_params(run_id, {**params, "seed": seed})
@@ -173,7 +172,7 @@ def trial_run(store: MlflowStore, ctx: TrialContext, trial_key: str, group: str,
         store.set_status(run_id, "RUNNING")
         return run_id
     run_id = store.create_run(f"trial-{trial_key}" if group == "search" else f"final-{trial_key}",
-                              {**tags, **ctx.extra_tags}, parent=ctx.parent_run_id)
+                              tags, parent=ctx.parent_run_id)
     store.log_params(run_id, params)
     return run_id
 
