@@ -69,6 +69,7 @@ ALGORITHMS = Registry(
         "clrepro.algorithms.random",
         "clrepro.algorithms.hat",
         "clrepro.algorithms.adahat",
+        "clrepro.algorithms.fgadahat",
     ),
 )
 BACKBONES = Registry("backbone", modules=("clrepro.backbones.mlp", "clrepro.backbones.resnet"))

@@ -26,6 +26,10 @@ class Heads(nn.Module):
         self.offsets[task_id] = sum(h.out_features for h in self.heads.values())
         self.heads[key] = nn.Linear(self.input_dim, num_classes).to(device)
 
+    def head(self, task_id: int) -> nn.Linear:
+        """Task `task_id`'s own head (DIL: the shared one)."""
+        return self.heads["shared" if self.scenario == "DIL" else str(task_id)]
+
     def label_offset(self, task_id: int) -> int:
         """Offset from task-local labels to this scenario's targets (CIL only)."""
         return self.offsets.get(task_id, 0) if self.scenario == "CIL" else 0

@@ -1,0 +1,118 @@
+"""FG-AdaHAT: the nine neuron-importance measures on a tiny layer, the adjustment, the importance folding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from clrepro.algorithms import importance as imp
+from clrepro.algorithms.fgadahat import SUMMING
+from clrepro.engine.loop import Engine
+
+
+def tiny_view():
+    """Layer 1 of a 3-2-2 network with hand-set weights, gradients and activations."""
+    W = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])          # (2 units, 3 inputs)
+    G = torch.tensor([[0.1, -0.2, 0.0], [0.3, 0.0, -0.4]])
+    W_next = torch.tensor([[2.0, -1.0], [0.5, 4.0]])                 # (2 outputs, 2 units)
+    G_next = torch.tensor([[-0.5, 0.1], [0.2, 0.3]])
+    h = torch.tensor([[1.0, 0.0], [3.0, 2.0]])                       # batch of 2, post-ReLU
+    module = nn.Linear(3, 2)
+    return imp.LayerView("fc1", module, W, G, W_next, G_next, h)
+
+
+def test_direct_measures_match_hand_values():
+    v = tiny_view()
+    act = torch.tensor([2.0, 1.0])                                   # mean |h| per unit
+    assert torch.allclose(imp.ig(v, None), torch.tensor([0.3, 0.7]))             # Σ_j |g_ij|
+    assert torch.allclose(imp.og(v, None), torch.tensor([0.7, 0.4]))             # Σ_k |g'_ki|
+    assert torch.allclose(imp.icu(v, None), torch.tensor([3.5, 4.0]) * act)      # Σ_j |W_ij| · mean|h_i|
+    assert torch.allclose(imp.cu(v, None), torch.tensor([2.5, 5.0]) * act)       # Σ_k |W'_ki| · mean|h_i|
+    assert torch.allclose(imp.afi(v, None), torch.tensor([0.05, 0.25]) * act)    # Σ_j g_ij² · mean|h_i|
+
+
+def test_conv_layers_reduce_over_kernels_and_space():
+    W = torch.ones(4, 3, 3, 3)
+    h = torch.ones(2, 4, 5, 5) * torch.arange(1.0, 5.0).view(1, 4, 1, 1)
+    v = imp.LayerView("c", nn.Conv2d(3, 4, 3), W, W * 2, torch.ones(6, 4, 1, 1), None, h)
+    assert torch.allclose(imp.icu(v, None), 27 * torch.arange(1.0, 5.0))
+    assert torch.allclose(imp.ig(v, None), torch.full((4,), 54.0))
+    assert torch.allclose(imp.og(v, None), torch.zeros(4))  # no gradient yet
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize("name", imp.MEASURES)
+def test_every_measure_gives_one_value_per_unit(name):
+    torch.manual_seed(0)
+    net = Net()
+    x, y = torch.randn(6, 3), torch.tensor([0, 1, 1, 0, 1, 0])
+    loss = nn.functional.cross_entropy(net(x), y)
+    loss.backward()
+    h = torch.relu(net.fc1(x)).detach()
+    v = imp.LayerView("fc1", net.fc1, net.fc1.weight.detach(), net.fc1.weight.grad, net.fc2.weight.detach(),
+                      net.fc2.weight.grad, h)
+    u = imp.measure(name)(v, imp.StepView(x, y, net))
+    assert u.shape == (4,) and torch.isfinite(u).all() and (u >= 0).all()
+
+
+def test_feature_ablation_is_the_change_of_the_target_logit():
+    torch.manual_seed(1)
+    net = Net()
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 1])
+    v = imp.LayerView("fc1", net.fc1, net.fc1.weight, None, net.fc2.weight, None, None)
+    u = imp.measure("FA")(v, imp.StepView(x, y, net))
+    with torch.no_grad():
+        z = net(x).gather(1, y[:, None])[:, 0]
+        expected = []
+        for i in range(4):
+            pre = net.fc1(x)
+            pre[:, i] = 0
+            expected.append((z - net.fc2(torch.relu(pre)).gather(1, y[:, None])[:, 0]).abs().mean())
+    assert torch.allclose(u, torch.stack(expected), atol=1e-6)
+
+
+def test_summing_strategies():
+    hist = [torch.tensor([1.0]), torch.tensor([3.0])]
+    assert SUMMING["add_latest"](hist).item() == 3.0
+    assert SUMMING["add_all"](hist).item() == 4.0
+    assert SUMMING["add_average"](hist).item() == 2.0
+
+
+def test_fgadahat_adjustment_matches_the_formula(tiny):
+    engine = Engine(tiny("hat_pmnist", "algorithm=fgadahat", "algorithm.adjustment_intensity=1e-3",
+                         "algorithm.base_linear=5", "algorithm.base_mask_sparsity_reg=0.1"))
+    algo = engine.algorithm
+    algo.summed_importance = {"fc1": torch.linspace(0, 1, 64), "fc2": torch.linspace(1, 2, 32)}
+    algo.task_id = 3
+    algo.prepare_adjustment()
+    algo.layer_sparsity = {"fc1": torch.tensor(0.2), "fc2": torch.tensor(0.4)}
+    a = {p: m for p, m in algo.adjustment()}
+    bb = algo.backbone.body
+    c1, c2 = (3 + 5) * (0.2 + 0.1), (3 + 5) * (0.4 + 0.1)
+    I1, I2 = algo.summed_importance["fc1"], algo.summed_importance["fc2"]
+    assert a[bb.fc[0].weight][10, 3].item() == pytest.approx(1e-3 / (c1 * I1[10].item() + 1e-3), rel=1e-5)
+    agg = min(I2[7].item(), I1[20].item())
+    assert a[bb.fc[1].weight][7, 20].item() == pytest.approx(1e-3 / (c2 * agg + 1e-3), rel=1e-5)
+    assert a[bb.fc[1].bias][7].item() == pytest.approx(1e-3 / (c2 * I2[7].item() + 1e-3), rel=1e-5)
+
+
+@pytest.mark.parametrize("measure", ["ICU", "II"])
+def test_fgadahat_accumulates_importance_over_tasks(tiny, measure):
+    engine = Engine(tiny("hat_pmnist", "algorithm=fgadahat", f"algorithm.importance_type={measure}",
+                         "benchmark.num_tasks=2", "trainer.epochs=1"))
+    engine.run()
+    algo = engine.algorithm
+    assert len(algo.importance_history) == 2
+    I1 = algo.importance_history[0]["fc1"]
+    assert I1.shape == (64,) and (I1 >= 1e-8).all() and I1.max() <= 1 + 1e-8  # normalised, + b_I
+    expected = 2 * algo.importance_history[0]["fc1"] + algo.importance_history[1]["fc1"]  # add_all
+    assert torch.allclose(algo.summed_importance["fc1"], expected)
