@@ -1,4 +1,4 @@
-"""Continual-learning benchmarks (Permuted, Split) over any image source, built as per-task tensors."""
+"""Continual-learning benchmarks (Permuted, Split, Combined) over image sources, built as per-task tensors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from clrepro.config.hparams import hp
-from clrepro.data.sources import SOURCES, SourceData, normalize, validation_split
+from clrepro.data.sources import (COMBINED20, COMBINED_SOURCES, SOURCES, SourceData, load_combined, normalize,
+                                  random_split_indices, validation_split)
 from clrepro.data.task import Split, Task
 from clrepro.errors import ConfigError
 from clrepro.registry import BENCHMARKS
@@ -165,6 +166,71 @@ class SplitClasses(Benchmark):
         test = normalize(d.test_x[te_keep], d.mean, d.std)
         train, val, test = self._splits(pool, lookup[d.train_y[tr_keep]], test, lookup[d.test_y[te_keep]])
         return Task(t, len(cls), train, val, test, tuple(cls))
+
+
+@dataclass
+class CombinedConfig:
+    sources: list[str] = hp(list(COMBINED20), choices=tuple(COMBINED_SOURCES),
+                            doc="one source per task, in order (default: the 20 of metrics.md §3.5)")
+    num_tasks: int = hp(20, low=1, doc="number of tasks: the first num_tasks sources (at most len(sources))")
+    val_fraction: float = hp(0.1, low=0.0, high=0.5, doc="validation share of each train pool (random_split, "
+                                                          "seed 42); DTD and Country211 use their official val")
+    test_fraction: float = hp(0.1, low=0.0, high=0.5, doc="test share for sources without a test split "
+                                                           "(caltech101, eurosat; random_split, seed 42)")
+    size: int = hp(32, low=1, doc="every input is resized to size x size when it is not already")
+    channels: int = hp(3, choices=(1, 3), doc="3: grayscale sources repeated over 3 channels; 1: grayscale")
+    root: str | None = hp(None, doc="data folder (default $CLREPRO_DATA or ~/.cache/clrepro/data); folder sources "
+                                    "live in <root>/<source>/{train,test}/<class>/")
+    download: bool = hp(True, doc="let torchvision download a missing source (never for folder sources)")
+
+
+@BENCHMARKS.register("combined")
+class Combined(Benchmark):
+    """Combined: task t is the whole of source t with its own C_t classes; only task t's source is loaded for it."""
+
+    Config = CombinedConfig
+
+    def __init__(self, cfg: CombinedConfig) -> None:
+        super().__init__(cfg)
+        unknown = [s for s in cfg.sources if s not in COMBINED_SOURCES]
+        if unknown:
+            raise ConfigError("benchmark.sources", f"{unknown[0]!r} is not allowed", tuple(COMBINED_SOURCES))
+        if cfg.num_tasks > len(cfg.sources):
+            raise ConfigError("benchmark.num_tasks", f"{cfg.num_tasks} exceeds the {len(cfg.sources)} sources "
+                              "of benchmark.sources", f"1..{len(cfg.sources)}")
+        if cfg.channels not in (1, 3):
+            raise ConfigError("benchmark.channels", f"{cfg.channels!r} is not allowed", (1, 3))
+
+    @property
+    def data(self) -> SourceData:
+        raise AttributeError("the combined benchmark has one source per task: use source_data(t)")
+
+    def source_data(self, t: int) -> SourceData:
+        """Task t's source, loaded (and cached per process) on first use."""
+        if not 1 <= t <= self.num_tasks:
+            raise ValueError(f"task {t} out of 1..{self.num_tasks}")
+        c = self.cfg
+        return load_combined(c.sources[t - 1], c.root, c.download, c.size, c.channels, c.test_fraction)
+
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.cfg.channels, self.cfg.size, self.cfg.size)
+
+    def num_classes(self, t: int) -> int:
+        return self.task(t).num_classes
+
+    def build_task(self, t: int) -> Task:
+        d = self.source_data(t)
+
+        def split(x: torch.Tensor, y: torch.Tensor) -> Split:
+            return Split(normalize(x, d.mean, d.std), y)
+
+        if d.val_x is not None:  # an official validation split (DTD, Country211)
+            train, val = split(d.train_x, d.train_y), split(d.val_x, d.val_y)
+        else:  # random_split(pool, [1 - p, p]) with a seed-42 generator, as the reference
+            tr, va = random_split_indices(len(d.train_y), (1 - self.cfg.val_fraction, self.cfg.val_fraction))
+            train, val = split(d.train_x[tr], d.train_y[tr]), split(d.train_x[va], d.train_y[va])
+        test = split(d.test_x, d.test_y)
+        return Task(t, d.num_classes, train, val, test, tuple(range(d.num_classes)))
 
 
 def build_benchmark(node: dict, source_file: str | None = None) -> Benchmark:
