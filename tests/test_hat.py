@@ -63,7 +63,7 @@ def test_hat_never_moves_a_fully_protected_weight(tiny):
     assert abs(result.acc[-1, 0] - result.acc[0, 0]) == 0.0  # task 1's accuracy cannot change
 
 
-def test_hat_stores_binary_masks_and_reports_capacity(tiny):
+def test_hat_stores_binary_masks_and_reports_capacity(tiny, tmp_path):
     engine = Engine(tiny("hat_pmnist"))
     result = engine.run()
     masks = engine.algorithm.masks
@@ -72,6 +72,9 @@ def test_hat_stores_binary_masks_and_reports_capacity(tiny):
         assert set(m.unique().tolist()) <= {0.0, 1.0}
     caps = [e["capacity/all"] for e in result.task_extras]
     assert caps == sorted(caps) and 0 < caps[0] <= caps[-1] <= 1  # capacity only grows
+    from clrepro.tracking.plots import mask_capacity
+
+    assert mask_capacity(result.task_extras, tmp_path / "cap.png").stat().st_size > 1000
 
 
 def test_hat_const_1_is_unprotected_and_forgets(tiny):

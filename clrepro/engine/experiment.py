@@ -112,7 +112,7 @@ def write_run_folder(result: ExperimentResult, out: Path, seed: int) -> Path:
     import yaml
 
     from clrepro.tracking.manifest import manifest
-    from clrepro.tracking.plots import accuracy_heatmap, task_curves
+    from clrepro.tracking.plots import accuracy_heatmap, mask_capacity, task_curves
 
     out.mkdir(parents=True, exist_ok=True)
     main = result.main
@@ -136,5 +136,6 @@ def write_run_folder(result: ExperimentResult, out: Path, seed: int) -> Path:
     (out / "history.json").write_text(json.dumps(main.history) + "\n")
     accuracy_heatmap(main.acc, out / "acc_matrix.png", f"{result.config.get('name', '')} (seed {seed})")
     task_curves(main.acc, out / "task_curves.png", f"{result.config.get('name', '')} (seed {seed})")
+    mask_capacity(main.task_extras, out / "mask_capacity.png", f"{result.config.get('name', '')} (seed {seed})")
     result.out_dir = out
     return out

@@ -56,3 +56,24 @@ def task_curves(acc: np.ndarray, path: Path, title: str = "") -> Path:
     ax.legend(fontsize=6, ncol=2 if T > 8 else 1, loc="lower left")
     fig.savefig(path)
     return path
+
+
+def mask_capacity(task_extras: list[dict], path: Path, title: str = "") -> Path | None:
+    """Per layer, the fraction of units used by any task after each task (HAT-family masks)."""
+    layers = sorted({k.split("/", 1)[1] for e in task_extras for k in e if k.startswith("capacity/")} - {"all"})
+    if not layers:
+        return None
+    fig = _figure(6, 3.5)
+    ax = fig.add_axes((0.1, 0.14, 0.86, 0.76))
+    x = np.arange(1, len(task_extras) + 1)
+    for layer in layers:
+        ax.plot(x, [e.get(f"capacity/{layer}", np.nan) for e in task_extras], marker=".", label=layer)
+    ax.plot(x, [e.get("capacity/all", np.nan) for e in task_extras], color="black", linewidth=2.5, label="all")
+    ax.set_ylim(0, 1.02)
+    ax.set_xticks(x)
+    ax.set_xlabel("after training task N")
+    ax.set_ylabel("units used by any task")
+    ax.set_title(title or "mask capacity", fontsize=9)
+    ax.legend(fontsize=6, loc="lower right")
+    fig.savefig(path)
+    return path
