@@ -26,7 +26,9 @@ def config_dir() -> Path:
 
 
 def experiment_names() -> list[str]:
-    return sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+    """Experiment config names, sub-folders included (`fgadahat_paper/icu_pmnist20`)."""
+    root = config_dir() / "experiment"
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
 
 
 def _hydra_error(e: Exception, source: str) -> ConfigError:
@@ -56,7 +58,7 @@ def compose(experiment: str, overrides: list[str] = ()) -> tuple[dict, str]:
     cdir = config_dir()
     extra_dir = None
     path = Path(experiment)
-    if path.suffix in (".yaml", ".yml") or os.sep in experiment:
+    if experiment not in experiment_names() and (path.suffix in (".yaml", ".yml") or os.sep in experiment):
         if not path.is_file():
             raise UserError(f"{experiment}: experiment file not found")
         extra_dir = Path(tempfile.mkdtemp(prefix="clrepro-exp-"))
