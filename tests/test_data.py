@@ -69,3 +69,14 @@ def test_torchvision_missing_gives_one_line(monkeypatch):
     with pytest.raises(DataUnavailableError) as e:
         bench.task(1)
     assert "pip install 'clrepro[vision]'" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("n", [4000, 1437, 11])
+def test_validation_split_is_torch_random_split_with_seed_42(n):
+    from torch.utils.data import random_split
+
+    from clrepro.data.sources import validation_split
+
+    train, val = validation_split(n, 0.1)
+    ref = random_split(range(n), [0.9, 0.1], generator=torch.Generator().manual_seed(42))
+    assert train.tolist() == list(ref[0].indices) and val.tolist() == list(ref[1].indices)

@@ -11,7 +11,7 @@ import torch
 
 from clrepro.config.hparams import hp
 from clrepro.data.sources import (COMBINED20, COMBINED_SOURCES, SOURCES, SourceData, load_combined, normalize,
-                                  random_split_indices, validation_split)
+                                  validation_split)
 from clrepro.data.task import Split, Task
 from clrepro.errors import ConfigError
 from clrepro.registry import BENCHMARKS
@@ -227,7 +227,7 @@ class Combined(Benchmark):
         if d.val_x is not None:  # an official validation split (DTD, Country211)
             train, val = split(d.train_x, d.train_y), split(d.val_x, d.val_y)
         else:  # random_split(pool, [1 - p, p]) with a seed-42 generator, as the reference
-            tr, va = random_split_indices(len(d.train_y), (1 - self.cfg.val_fraction, self.cfg.val_fraction))
+            tr, va = validation_split(len(d.train_y), self.cfg.val_fraction)
             train, val = split(d.train_x[tr], d.train_y[tr]), split(d.train_x[va], d.train_y[va])
         test = split(d.test_x, d.test_y)
         return Task(t, d.num_classes, train, val, test, tuple(range(d.num_classes)))

@@ -146,9 +146,8 @@ def cifar10(root: str | None = None, download: bool = True) -> SourceData:
 
 def validation_split(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Train and validation indices of a pool of n: random_split(1-p, p) with generator seed 42 (§3.1)."""
-    n_val = int(round(n * fraction))
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
-    return perm[: n - n_val], perm[n - n_val:]
+    train, val = random_split_indices(n, (1 - fraction, fraction))
+    return train, val
 
 
 def normalize(x: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
