@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 import pytest
 
 from clrepro.config.load import load_experiment
@@ -19,3 +21,16 @@ def tiny():
         return load_experiment(experiment, [*TINY, *overrides])
 
     return make
+
+
+@pytest.fixture
+def no_torchvision(monkeypatch):
+    """Make `import torchvision` fail, as on a machine without the `vision` extra."""
+    real_import = builtins.__import__
+
+    def fake_import(name, *a, **kw):
+        if name.startswith("torchvision"):
+            raise ImportError("no torchvision")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 from pathlib import Path
 
 import numpy as np
@@ -129,15 +128,7 @@ def test_missing_folder_is_one_line_naming_it(root):
     assert "\n" not in str(e.value)
 
 
-def test_torchvision_source_without_torchvision_is_one_line(root, monkeypatch):
-    real_import = builtins.__import__
-
-    def fake_import(name, *a, **kw):
-        if name.startswith("torchvision"):
-            raise ImportError("no torchvision")
-        return real_import(name, *a, **kw)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+def test_torchvision_source_without_torchvision_is_one_line(root, no_torchvision):
     bench = _bench(root, ["notmnist", "svhn"])
     assert bench.task(1).num_classes == 3  # folder sources need no torchvision
     with pytest.raises(DataUnavailableError) as e:

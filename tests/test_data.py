@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 
 import pytest
 import torch
@@ -53,15 +52,7 @@ def test_split_benchmark_rejects_too_many_tasks():
         bench.task(1)
 
 
-def test_torchvision_missing_gives_one_line(monkeypatch):
-    real_import = builtins.__import__
-
-    def fake_import(name, *a, **kw):
-        if name.startswith("torchvision"):
-            raise ImportError("no torchvision")
-        return real_import(name, *a, **kw)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+def test_torchvision_missing_gives_one_line(no_torchvision):
     from clrepro.data import sources
 
     sources.mnist.cache_clear()
