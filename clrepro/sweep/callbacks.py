@@ -53,10 +53,10 @@ class SweepProgress(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
         self.done += 1
-        value = (trial.last_result or {}).get("objective")
-        if (trial.last_result or {}).get("final"):
-            pass
-        elif value is not None and math.isfinite(value) and not trial.last_result.get("partial", True):
+        result = trial.last_result or {}
+        value = result.get("objective")
+        search_done = not result.get("final") and not result.get("partial", True)  # final-group seeds don't rank
+        if search_done and value is not None and math.isfinite(value):
             better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
             if better:
                 self.best, self.best_trial = value, trial.trial_id
