@@ -62,6 +62,7 @@ class CLAlgorithm(nn.Module):
         self.backbone, self.heads, self.cfg, self.num_tasks = backbone, heads, cfg, num_tasks
         self.task_id = 0
         self.seen_tasks: list[int] = []
+        self.unlearnable_ids, self.unlearned_ids = [], []
 
     # ----- task boundaries -------------------------------------------------------------------------
     def setup_task(self, task: Task, num_batches: int) -> None:
@@ -108,12 +109,24 @@ class CLAlgorithm(nn.Module):
     def validation_loss(self, x: torch.Tensor, y: torch.Tensor, task_id: int) -> torch.Tensor:
         return F.cross_entropy(self.forward(x, task_id, "val"), y)
 
-    # ----- continual unlearning ---------------------------------------------------------------------
+    # ----- continual unlearning (metrics.md §2) -------------------------------------------------------
+    # A native unlearner (AmnesiacHAT, Independent) overrides `unlearn`. An algorithm that sets
+    # `update_deletion = True` is unlearned generically (the AmnesiacHAT paper's baselines, §7): the engine
+    # records each task's update Δθ^t of every parameter and buffer, `unlearn` subtracts Δθ^u and then calls
+    # `forget(u)` so the algorithm drops what it keeps per task (teacher, Fisher, snapshot, buffer entries).
     supports_unlearning: ClassVar[bool] = False
+    update_deletion: ClassVar[bool] = False
+    # Filled by the engine in an unlearning run before `setup_task(t)`: the tasks still unlearnable at t
+    # (t itself included) and those unlearned so far (§2 "Unlearnability").
+    unlearnable_ids: list[int]
+    unlearned_ids: list[int]
 
     def unlearn(self, task_ids: list[int]) -> None:
         """Forget `task_ids` on request (called after task N's fit, before its test; metrics.md §2)."""
         raise NotImplementedError(f"{type(self).__name__} does not support unlearning")
+
+    def forget(self, task_ids: list[int]) -> None:
+        """Drop the state this algorithm keeps for `task_ids` (teacher, Fisher, buffer entries...)."""
 
     def extra_metrics(self) -> dict[str, float]:
         """Scalars the algorithm wants recorded after each task (e.g. mask capacity)."""
