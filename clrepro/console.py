@@ -51,6 +51,11 @@ class ConsoleProgress(Listener):
         console.print(f"{self.label} after task {task_id}: AA {pct(float(np.mean(accuracies)))}  "
                       f"[dim]a[·,{task_id}] = {accs}  ({seconds:.1f}s)[/dim]")
 
+    def on_unlearn(self, task_id, unlearned, logs, **kw):
+        if not self.quiet:
+            console.print(f"{self.label} after task {task_id}: unlearned task(s) {unlearned} "
+                          f"[dim]({logs['seconds']:.2f}s)[/dim]")
+
     def on_run_end(self, **kw):
         if self.progress is not None:
             self.progress.stop()
@@ -73,12 +78,18 @@ def summary(result, title: str) -> None:
         table.add_row(str(n + 1), *[pct(v) if np.isfinite(v) else "" for v in row], pct(float(np.nanmean(row))))
     console.print(table)
     m = result.metrics
-    mt = Table(title="metrics (%)")
-    for k in ("AA", "BWT", "FWT", "FR"):
-        if k in m:
-            mt.add_column(k, justify="right")
-    mt.add_row(*[pct(m[k]) for k in ("AA", "BWT", "FWT", "FR") if k in m])
+    from clrepro.config.schema import METRICS
+
+    shown = [k for k in METRICS if k in m]
+    mt = Table(title="metrics (%)" + (" — DD: distance ×100" if "DD" in shown else ""))
+    for k in shown:
+        mt.add_column(k, justify="right")
+    mt.add_row(*[pct(m[k]) for k in shown])
     console.print(mt)
+    if "cul_details" in m:
+        d = m["cul_details"]
+        console.print(f"[dim]unlearned {d['unlearned']}; DD {d['distance']} over {d['dd_scope_used']} tasks "
+                      f"{d['dd_tasks']} (batch {d['batch_size']}); AGR over {d['ag_scope']} tasks {d['ag_tasks']}[/dim]")
     refs = ", ".join(f"{k}: {v}" for k, v in m.get("references", {}).items()) or "none"
     console.print(f"[dim]references {refs}; FR variant {m.get('fr_variant')}; "
                   f"accuracy weighting {m.get('acc_weighting')}; main run {result.main.wall_seconds:.1f}s "

@@ -63,6 +63,7 @@ class CLAlgorithm(nn.Module):
         self.task_id = 0
         self.seen_tasks: list[int] = []
         self.unlearnable_ids, self.unlearned_ids = [], []
+        self.update_records = None  # UpdateRecords in an unlearning run of an update-deletion algorithm
 
     # ----- task boundaries -------------------------------------------------------------------------
     def setup_task(self, task: Task, num_batches: int) -> None:
@@ -106,6 +107,14 @@ class CLAlgorithm(nn.Module):
         """Logits of `x` for task `task_id`; stage is train, val or test."""
         return self.heads(self.backbone(x), task_id)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The aggregated backbone feature φ(x) the CUL metric DD compares (metrics.md §1.7).
+
+        φ averages the backbone output over the processed tasks; for a plain backbone every term is the
+        same, and HAT-family backbones use all-ones masks at this stage, so both reduce to the unmasked output.
+        """
+        return self.backbone(x)
+
     def validation_loss(self, x: torch.Tensor, y: torch.Tensor, task_id: int) -> torch.Tensor:
         return F.cross_entropy(self.forward(x, task_id, "val"), y)
 
@@ -121,9 +130,25 @@ class CLAlgorithm(nn.Module):
     unlearnable_ids: list[int]
     unlearned_ids: list[int]
 
+    def enable_unlearning(self) -> None:
+        """Called once by the engine in an unlearning run, before task 1 (update-deletion: start recording)."""
+        if self.update_deletion:
+            from clrepro.algorithms.records import UpdateRecords
+            self.update_records = UpdateRecords({"backbone": self.backbone, "heads": self.heads})
+
+    @classmethod
+    def can_unlearn(cls) -> bool:
+        return cls.supports_unlearning or cls.update_deletion
+
     def unlearn(self, task_ids: list[int]) -> None:
-        """Forget `task_ids` on request (called after task N's fit, before its test; metrics.md §2)."""
-        raise NotImplementedError(f"{type(self).__name__} does not support unlearning")
+        """Forget `task_ids` on request (called after task N's fit, before its test; metrics.md §2).
+
+        Default (update deletion, §7 baselines): θ ← θ − Σ_u Δθ^u over backbone and heads, then `forget`.
+        """
+        if self.update_records is None:
+            raise NotImplementedError(f"{type(self).__name__} does not support unlearning")
+        self.update_records.delete(task_ids)
+        self.forget(task_ids)
 
     def forget(self, task_ids: list[int]) -> None:
         """Drop the state this algorithm keeps for `task_ids` (teacher, Fisher, buffer entries...)."""

@@ -11,3 +11,4 @@ class Finetuning(CLAlgorithm):
     """The lower bound: L = CE(f_t(x), y), nothing protects old tasks."""
 
     summary = "plain cross-entropy on each new task (lower bound)"
+    update_deletion = True  # amnesiac Finetuning (AmnesiacHAT paper baseline, §7): subtract Δθ^u

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from clrepro.algorithms.base import CLAlgorithm
@@ -14,7 +15,8 @@ from clrepro.registry import ALGORITHMS
 class Independent(CLAlgorithm):
     """Each task restarts from the same θ_0 and keeps its own backbone copy for testing."""
 
-    summary = "one network per task, each from the same initialisation (reference for FWT)"
+    summary = "one network per task, each from the same initialisation (reference for FWT); unlearns exactly"
+    supports_unlearning = True  # UnlearnableIndependent (AmnesiacHAT paper baseline, §7): exact unlearning
 
     def __init__(self, backbone, heads, cfg, num_tasks):
         super().__init__(backbone, heads, cfg, num_tasks)
@@ -32,10 +34,33 @@ class Independent(CLAlgorithm):
         frozen = copy.deepcopy(self.backbone).requires_grad_(False)
         self.task_backbones[str(task.id)] = frozen
 
+    def unlearn(self, task_ids):
+        """Exact unlearning: task u's network goes back to θ_0, its head is re-initialised, u leaves the valid set."""
+        for u in task_ids:
+            if str(u) in self.task_backbones:
+                self.task_backbones[str(u)].load_state_dict(self.initial_state)
+                del self.task_backbones[str(u)]
+            if self.heads.scenario == "TIL" and str(u) in self.heads.heads:
+                self.heads.head(u).reset_parameters()
+
+    def features(self, x):
+        """φ averages the backbones still valid, so unlearned tasks' networks are excluded (metrics.md §1.7)."""
+        valid = list(self.task_backbones.values())
+        if not valid:
+            return self.backbone(x)
+        return torch.stack([b(x) for b in valid]).mean(0)
+
     def forward(self, x, task_id, stage="test", step=None):
         if stage == "test" and str(task_id) in self.task_backbones:
             return self.heads(self.task_backbones[str(task_id)](x), task_id)
+        if stage == "test" and task_id in self.unlearned_ids:  # an unlearned task's network is θ_0
+            return self.heads(self.initial_backbone(x), task_id)
         return self.heads(self.backbone(x), task_id)
+
+    def initial_backbone(self, x):
+        b = copy.deepcopy(self.backbone)
+        b.load_state_dict(self.initial_state)
+        return b(x)
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)

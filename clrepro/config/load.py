@@ -121,6 +121,13 @@ def components(cfg: ExperimentConfig) -> Components:
     if cfg.scenario not in al.scenarios:
         raise ConfigError("scenario", f"'{cfg.scenario}' is not supported by algorithm '{al.registry_name}'",
                           al.scenarios)
+    if cfg.unlearning.requests:
+        from clrepro.engine.unlearning import UnlearningPlan
+        if not al.can_unlearn():
+            able = [n for n in ALGORITHMS.names() if ALGORITHMS.get(n).can_unlearn()]
+            raise ConfigError("algorithm.name", f"'{al.registry_name}' cannot unlearn, which unlearning.requests "
+                              "asks for", able)
+        UnlearningPlan.from_config(cfg.unlearning, comp.benchmark_cfg.num_tasks)
     return comp
 
 

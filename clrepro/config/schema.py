@@ -8,7 +8,10 @@ from typing import Any
 from clrepro.backbones.heads import SCENARIOS
 from clrepro.config.hparams import hp
 
-METRICS = ("AA", "BWT", "FWT", "FR")
+CL_METRICS = ("AA", "BWT", "FWT", "FR")
+CUL_METRICS = ("AA_remaining", "DD", "AGR")  # continual unlearning (metrics.md §1.7, §5.5)
+METRICS = CL_METRICS + CUL_METRICS
+LOWER_IS_BETTER = frozenset({"DD"})  # every other metric is "higher is better"
 PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true")
 
 
@@ -55,6 +58,20 @@ class ReferencesConfig:
 
 
 @dataclass
+class UnlearningConfig:
+    """Continual unlearning (metrics.md §2): requests after tasks, their limits, and the CUL metrics' options."""
+
+    requests: dict | None = hp(None, doc="{N: [task ids]}: after training task N, unlearn these tasks (empty: a CL run)")
+    unlearnable_age: Any = hp(4, doc="a task τ can be unlearned after task N iff N − τ < age; an int or {task: age}")
+    dd_distance: str = hp("linear_cka", choices=("linear_cka", "euclidean", "manhattan", "cosine"),
+                          doc="distance between the main and the retrain model's features (DD)")
+    dd_scope: str = hp("unlearned", choices=("unlearned", "remaining", "all"), doc="tasks DD averages over")
+    ag_scope: str = hp("remaining", choices=("remaining", "unlearned", "all"), doc="tasks AGR averages over")
+    retrain: str = hp("auto", choices=("auto", "off"), doc="the retrain reference (never saw the unlearned tasks)")
+    original: str = hp("auto", choices=("auto", "off"), doc="the original reference (never asked to unlearn)")
+
+
+@dataclass
 class ExperimentConfig:
     """A whole experiment; `benchmark`, `backbone` and `algorithm` are validated by their registered classes."""
 
@@ -64,9 +81,10 @@ class ExperimentConfig:
     name: str = hp("experiment", doc="experiment name (output and tracking)")
     seed: int = hp(1, low=0, doc="global seed")
     scenario: str = hp("TIL", choices=SCENARIOS, doc="TIL: head per task; CIL: heads concatenated; DIL: one head")
-    metrics: list[str] = hp(list(METRICS), choices=METRICS, doc="metrics to compute (decides the references run)")
+    metrics: list[str] = hp(list(CL_METRICS), choices=METRICS, doc="metrics to compute (decides the references run)")
     fr_variant: str = hp("joint", choices=("joint", "independent"), doc="FR against joint (default) or FR^I")
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     references: ReferencesConfig = field(default_factory=ReferencesConfig)
+    unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)

@@ -13,8 +13,10 @@ import numpy as np
 
 from clrepro.config.load import config_hash, resolved_dict
 from clrepro.config.schema import ExperimentConfig
-from clrepro.engine.loop import run
-from clrepro.engine.references import needed_references, reference_config
+from clrepro.engine.loop import Engine, run
+from clrepro.engine.references import (CUL_METRICS, cul_reference_config, needed_cul_references, needed_references,
+                                       reference_config)
+from clrepro.engine.unlearning import UnlearningPlan
 from clrepro.engine.result import RunResult
 from clrepro.metrics.cl import compute_cl_metrics
 from clrepro.metrics.io import read_acc_matrix, read_joint_row, write_acc_csv, write_joint_csv
@@ -76,6 +78,35 @@ def _reference(cfg: ExperimentConfig, kind: str, seed: int, listeners,
     return mat, "run", result.train_seconds + result.eval_seconds
 
 
+def _cul(cfg: ExperimentConfig, engine: Engine, acc: np.ndarray, seed: int, listeners) -> tuple[dict, dict, float]:
+    """DD against the retrain reference, AG/AGR against the original one, AA_all/AA_remaining (§1.7)."""
+    from clrepro.metrics.cul import accuracy_gain, cul_metrics, distribution_distance
+
+    u = cfg.unlearning
+    tasks = list(range(1, engine.num_tasks + 1))
+    bs = cfg.trainer.eval_batch_size or cfg.trainer.batch_size
+    main_out = engine.final_outputs(tasks)
+    plan = engine.plan or UnlearningPlan.from_config(u, engine.num_tasks)
+    refs, seconds, dd, ag = {}, 0.0, {}, None
+    for kind in needed_cul_references(cfg):
+        train_tasks = plan.retrain_tasks() if kind == "retrain" else None
+        ref = Engine(cul_reference_config(cfg, kind), seed, listeners, train_tasks=train_tasks, unlearning=False)
+        res = ref.run()
+        seconds += res.train_seconds + res.eval_seconds
+        refs[kind] = res.acc
+        out = ref.final_outputs(tasks)
+        if kind == "retrain":
+            dd = {t: distribution_distance(main_out[t][0], out[t][0], bs, u.dd_distance) for t in tasks}
+        else:
+            ag = {t: accuracy_gain(main_out[t][1], out[t][1], bs) for t in tasks}
+    m = cul_metrics(dd, ag, acc, set(engine.unlearned), dd_scope=u.dd_scope, ag_scope=u.ag_scope,
+                    distance=u.dd_distance, batch_size=bs)
+    out = {k: (None if m[k] is None or np.isnan(m[k]) else m[k]) for k in CUL_METRICS}  # None: undefined
+    out["cul_details"] = m | {"requests": {str(k): v for k, v in plan.requests.items()},
+                              "retrain": "retrain" in refs, "original": "original" in refs}
+    return out, refs, seconds
+
+
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, listeners: Iterable = (),
                    reference_listeners: Iterable | None = None, seed: int | None = None,
                    reference_cache: ReferenceCache | None = None) -> ExperimentResult:
@@ -85,7 +116,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, lis
     resolved = resolved_dict(cfg)
     resolved["seed"] = seed
     chash = config_hash(resolved)
-    main = run(cfg, seed, listeners)
+    engine = Engine(cfg, seed, listeners)
+    main = engine.run()
     refs, sources = {}, {}
     engine_seconds = main.train_seconds + main.eval_seconds
     for kind in needed_references(cfg):
@@ -95,7 +127,15 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, lis
         engine_seconds += seconds
     metrics = compute_cl_metrics(main.acc, independent=refs.get("independent"), joint=refs.get("joint"),
                                  random=refs.get("random"), fr_variant=cfg.fr_variant)
-    metrics = {k: v for k, v in metrics.items() if k in cfg.metrics or k == "series"}
+    cul, cul_seconds = {}, 0.0
+    if engine.plan is not None or any(m in cfg.metrics for m in CUL_METRICS):
+        cul, cul_refs, cul_seconds = _cul(cfg, engine, main.acc, seed, reference_listeners or ())
+        refs.update(cul_refs)
+        sources.update({k: "run" for k in cul_refs})
+        metrics.update(cul)
+    del engine
+    engine_seconds += cul_seconds
+    metrics = {k: v for k, v in metrics.items() if k in cfg.metrics or k == "series" or k.startswith("cul_")}
     metrics["fr_variant"] = cfg.fr_variant
     metrics["acc_weighting"] = cfg.trainer.acc_weighting
     metrics["references"] = sources
@@ -126,6 +166,9 @@ def write_run_folder(result: ExperimentResult, out: Path, seed: int) -> Path:
             write_joint_csv(out / f"ref{kind}" / "acc.csv", mat)
         else:
             write_acc_csv(out / f"ref{kind}" / "acc.csv", mat)
+    if "cul_details" in result.metrics:
+        from clrepro.metrics.cul import write_cul_csv
+        write_cul_csv(out, result.metrics["cul_details"])
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
     (out / "config.yaml").write_text(yaml.safe_dump(result.config, sort_keys=False))
     timings = {"train_seconds": round(main.train_seconds, 3), "eval_seconds": round(main.eval_seconds, 3),

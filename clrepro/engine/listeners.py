@@ -7,6 +7,7 @@ HOOKS = (
     "on_task_start",   # (task_id, num_tasks, num_batches, epochs)
     "on_epoch_end",    # (task_id, epoch, logs: dict)
     "on_task_end",     # (task_id, accuracies: list[float], loss: list[float], extras: dict, seconds: float)
+    "on_unlearn",      # (task_id, unlearned: list[int], logs: dict)
     "on_run_end",      # (result: RunResult)
     "on_run_failed",   # (error: BaseException)
 )
@@ -22,6 +23,8 @@ class Listener:
     def on_epoch_end(self, **kw) -> None: ...
 
     def on_task_end(self, **kw) -> None: ...
+
+    def on_unlearn(self, **kw) -> None: ...
 
     def on_run_end(self, **kw) -> None: ...
 

@@ -15,6 +15,7 @@ from clrepro.config.load import components
 from clrepro.config.schema import ExperimentConfig
 from clrepro.data.task import Split, Task
 from clrepro.engine.result import RunResult
+from clrepro.engine.unlearning import UnlearningPlan
 from clrepro.errors import UserError
 
 
@@ -57,7 +58,10 @@ def build_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
 class Engine:
     """Builds the benchmark, backbone, heads and algorithm of a config, then runs the task loop."""
 
-    def __init__(self, cfg: ExperimentConfig, seed: int | None = None, listeners: Iterable = ()) -> None:
+    def __init__(self, cfg: ExperimentConfig, seed: int | None = None, listeners: Iterable = (),
+                 train_tasks: Iterable[int] | None = None, unlearning: bool = True) -> None:
+        """`train_tasks` restricts training to some tasks with their original ids (the retrain reference);
+        `unlearning=False` ignores the config's unlearning requests (the original reference)."""
         self.cfg = cfg
         self.seed = cfg.seed if seed is None else seed
         if cfg.trainer.threads:
@@ -72,6 +76,15 @@ class Engine:
         heads = Heads(cfg.scenario, backbone.output_dim)
         self.algorithm: CLAlgorithm = comp.algorithm_cls(backbone, heads, comp.algorithm_cfg, self.num_tasks)
         self.algorithm.to(self.device)
+        self.algorithm.optimizer_cfg = cfg.optimizer  # what an algorithm's own inner loop (repair) should use
+        self.train_tasks = list(range(1, self.num_tasks + 1) if train_tasks is None else train_tasks)
+        self.plan = UnlearningPlan.from_config(cfg.unlearning, self.num_tasks) if unlearning else None
+        if self.plan is not None and not self.plan.active:
+            self.plan = None
+        if self.plan is not None:
+            self.algorithm.enable_unlearning()
+        self.unlearned: list[int] = []
+        self.trained: list[int] = []
         self.tests: dict[int, Split] = {}
         self.global_step = 0
         self.history: list[dict] = []
@@ -175,6 +188,37 @@ class Engine:
             self.history.append(logs)
             fabric.call("on_epoch_end", task_id=step_task, epoch=epoch + 1, logs=logs)
 
+    # ----- unlearning and the final state (metrics.md §1.7, §2) ----------------------------------------
+    def _unlearn(self, t: int, task_ids: list[int]) -> None:
+        """Step 6–7 of §2: the algorithm forgets `task_ids`, which join the unlearned set U."""
+        t0 = time.perf_counter()
+        self.algorithm.unlearn(list(task_ids))
+        self.unlearned.extend(task_ids)
+        self.algorithm.unlearned_ids = list(self.unlearned)
+        logs = {"task": t, "phase": "unlearn", "unlearned": list(task_ids),
+                "seconds": round(time.perf_counter() - t0, 4)}
+        self.history.append(logs)
+        self.fabric.call("on_unlearn", task_id=t, unlearned=list(task_ids), logs=logs)
+
+    @torch.no_grad()
+    def final_outputs(self, task_ids: Iterable[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Per test task: the aggregated backbone features φ(x) and per-sample correctness of head t (CPU;
+        None for a task this run never trained, which has no head: the retrain reference)."""
+        self.algorithm.eval()
+        out = {}
+        for t in task_ids:
+            if t not in self.tests:
+                self._task(t)
+            split = self.tests[t]
+            with self.fabric.autocast():
+                phi = torch.cat([self.algorithm.features(split.x[i:i + EVAL_CHUNK])
+                                 for i in range(0, len(split.x), EVAL_CHUNK)]).float()
+            correct = None
+            if t in self.trained or self.algorithm.multitask:
+                correct = (self._logits(split.x, t, "test").argmax(1) == self._targets(split.y, t)).cpu()
+            out[t] = (phi.cpu(), correct)
+        return out
+
     # ----- the task loop ----------------------------------------------------------------------------
     def run(self) -> RunResult:
         """Fit each task, then test on every task seen so far: row N of the accuracy matrix (§1.1)."""
@@ -215,22 +259,39 @@ class Engine:
             self.fabric.call("on_task_end", task_id=T, accuracies=row, loss=lrow, extras=extras[-1],
                              seconds=train_s + eval_s)
         else:
+            trained = self.trained
             for t in range(1, T + 1):
+                if t not in self.train_tasks:
+                    extras.append({})
+                    continue
                 task = self._task(t)
+                trained.append(t)
                 nb = self._num_batches(len(task.train))
+                if self.plan is not None:  # §2: what is still unlearnable at t, and what is gone
+                    algo.unlearnable_ids = self.plan.unlearnable(t, self.unlearned)
+                    algo.unlearned_ids = list(self.unlearned)
                 algo.setup_task(task, nb)
                 algo.to(self.device)
                 self.fabric.call("on_task_start", task_id=t, num_tasks=T, num_batches=nb,
                                  epochs=self.cfg.trainer.epochs if algo.should_train(t) else 0)
                 t0 = time.perf_counter()
+                if algo.update_records is not None:
+                    algo.update_records.start(t)
                 if algo.should_train(t):
                     self.fit(task.train.x, self._targets(task.train.y, t), t, t, [task])
+                if algo.update_records is not None:
+                    algo.update_records.end(t)
                 algo.end_task(task)
+                if self.plan is not None and t in self.plan.requests:
+                    self._unlearn(t, self.plan.requests[t])
                 t1 = time.perf_counter()
-                row, lrow = self.evaluate(range(1, t + 1))
+                # Row t: every task tested so far (unlearned ones included, §2); the retrain reference
+                # tests only the tasks it trained.
+                cols = list(range(1, t + 1)) if len(self.train_tasks) == T else list(trained)
+                row, lrow = self.evaluate(cols)
                 t2 = time.perf_counter()
                 train_s, eval_s = train_s + t1 - t0, eval_s + t2 - t1
-                acc[t - 1, :t], loss[t - 1, :t] = row, lrow
+                acc[t - 1, [c - 1 for c in cols]], loss[t - 1, [c - 1 for c in cols]] = row, lrow
                 extras.append(algo.extra_metrics())
                 self.fabric.call("on_task_end", task_id=t, accuracies=row, loss=lrow, extras=extras[-1],
                                  seconds=t2 - t0)

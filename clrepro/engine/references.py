@@ -5,12 +5,15 @@ from __future__ import annotations
 import copy
 
 from clrepro.config.load import components
-from clrepro.config.schema import ExperimentConfig
+from clrepro.config.schema import CUL_METRICS, ExperimentConfig  # noqa: F401  (CUL_METRICS re-exported)
 from clrepro.registry import BACKBONES
 
 REFERENCE_ALGORITHMS = {"independent": "independent", "joint": "joint", "random": "random"}
 # Which references each metric needs (FR^I needs the independent one instead of the joint one).
-NEEDS = {"AA": (), "BWT": (), "FWT": ("independent",), "FR": ("joint", "random")}
+NEEDS = {"AA": (), "BWT": (), "FWT": ("independent",), "FR": ("joint", "random"), "AA_remaining": (),
+         "DD": (), "AGR": ()}
+# The continual-unlearning references (metrics.md §2): retrain never saw the unlearned tasks, original never unlearned.
+CUL_NEEDS = {"DD": "retrain", "AGR": "original"}
 
 
 def needed_references(cfg: ExperimentConfig) -> list[str]:
@@ -40,5 +43,20 @@ def reference_config(cfg: ExperimentConfig, kind: str) -> ExperimentConfig:
         ref.backbone = {**keep, "name": backbone_cls.plain_twin}
     if kind == "joint":
         ref.scenario = "TIL"
+    ref.metrics = ["AA"]
+    return ref
+
+
+def needed_cul_references(cfg: ExperimentConfig) -> list[str]:
+    """retrain (for DD) and original (for AGR), as the metrics ask and `unlearning.<kind>` allows."""
+    return [CUL_NEEDS[m] for m in ("DD", "AGR") if m in cfg.metrics and getattr(cfg.unlearning, CUL_NEEDS[m]) == "auto"]
+
+
+def cul_reference_config(cfg: ExperimentConfig, kind: str) -> ExperimentConfig:
+    """The same algorithm, hyperparameters and seed with unlearning switched off (§2); the retrain run's task
+    subset is passed to the engine separately (the remaining tasks keep their ids and order)."""
+    ref = copy.deepcopy(cfg)
+    ref.name = f"{cfg.name}/ref{kind}"
+    ref.unlearning.requests = None
     ref.metrics = ["AA"]
     return ref

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from clrepro.config.hparams import build, hp, read_mapping
-from clrepro.config.schema import METRICS
+from clrepro.config.schema import CL_METRICS, METRICS
 from clrepro.errors import ConfigError
 
 
@@ -80,7 +80,7 @@ class SweepSpec:
     search_space: dict[str, Dimension] = field(default_factory=dict)
     objective: Objective = field(default_factory=Objective)
     seeds: Seeds = field(default_factory=Seeds)
-    metrics: list[str] = hp(list(METRICS), choices=METRICS, doc="metrics each seed run computes")
+    metrics: list[str] = hp(list(CL_METRICS), choices=METRICS, doc="metrics each seed run computes")
     num_samples: int = hp(12, low=1, doc="trials (grid: ignored, one trial per grid point)")
     max_concurrent_trials: int = hp(2, low=1)
     resources: Resources = field(default_factory=Resources)

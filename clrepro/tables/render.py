@@ -35,11 +35,14 @@ def verdict(cell) -> str:
 
 
 def _best_per_column(table: Table) -> list[int | None]:
-    """Row index of the best reproduced mean per column (all four metrics are 'higher is better')."""
+    """Row index of the best reproduced mean per column (DD is 'lower is better', the rest 'higher')."""
+    from clrepro.config.schema import LOWER_IS_BETTER
+
     best = []
-    for j in range(len(table.spec.columns)):
+    for j, col in enumerate(table.spec.columns):
         means = [(row[j].mean, i) for i, row in enumerate(table.cells) if row[j].mean is not None]
-        best.append(max(means)[1] if means else None)
+        pick = min if col.metric in LOWER_IS_BETTER else max
+        best.append(pick(means)[1] if means else None)
     return best
 
 

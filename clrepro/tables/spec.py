@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from clrepro.config.hparams import build, hp, read_mapping
+from clrepro.config.schema import METRICS as METRIC_NAMES  # AA, BWT, FWT, FR, AA_remaining, DD, AGR
 from clrepro.errors import ConfigError
-
-METRIC_NAMES = ("AA", "BWT", "FWT", "FR")
 
 
 @dataclass
