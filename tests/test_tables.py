@@ -99,7 +99,7 @@ def test_bad_table_spec_is_one_line_exit_2(tmp_path, spec_file):
     p = subprocess.run([sys.executable, "-m", "clrepro", "table", str(bad)], capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.strip() == (f"error: {bad}: columns[0].metric: 'ACC' is not allowed "
-                                "(allowed: AA, BWT, FWT, FR)")
+                                "(allowed: AA, BWT, FWT, FR, AA_remaining, DD, AGR)")
 
 
 def test_sweep_selector_reads_the_final_group_of_the_latest_sweep(tmp_path):
