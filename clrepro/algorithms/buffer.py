@@ -62,10 +62,10 @@ class ReservoirBuffer:
         b, dev = len(x), self.x.device
         tid = task_id if isinstance(task_id, torch.Tensor) else torch.full((b,), int(task_id), dtype=torch.long)
         n = torch.arange(self.seen + 1, self.seen + b + 1)  # 1-based count of each example
-        free = n <= self.capacity
-        slot = torch.where(free, n - 1, (torch.rand(b) * n).long())  # j ~ U{0..n−1} once full
-        keep = slot < self.capacity
         pos = torch.arange(b)
+        free = pos < self.capacity - self.size  # while not full: append
+        slot = torch.where(free, self.size + pos, (torch.rand(b) * n).long())  # j ~ U{0..n−1} once full
+        keep = slot < self.capacity
         # The later example wins a slot drawn twice in one batch, as sequential insertion would give.
         owner = torch.full((self.capacity,), -1, dtype=torch.long)
         owner.scatter_reduce_(0, slot[keep], pos[keep], reduce="amax")
@@ -79,7 +79,7 @@ class ReservoirBuffer:
             self.logits[slots_d, :logits.shape[1]] = logits.detach().to(self.logits.dtype)[src_d]
             self.task_id[slots_d] = tid.to(dev)[src_d]
         self.seen += b
-        self.size = min(self.capacity, self.seen)
+        self.size = min(self.capacity, self.size + b)
 
     def indices(self, task_ids: list[int] | None = None) -> torch.Tensor:
         """Slots holding entries of `task_ids` (all filled slots if None)."""
@@ -92,11 +92,14 @@ class ReservoirBuffer:
         return torch.isin(filled, wanted).nonzero(as_tuple=True)[0]
 
     def sample(self, size: int, task_ids: list[int] | None = None) -> Replay | None:
-        """`size` entries drawn uniformly with replacement among those of `task_ids` (None: any); None if empty."""
+        """Up to `size` entries drawn uniformly with replacement among those of `task_ids` (None: any); None if empty.
+
+        As the reference's `get_data`, the draw is capped at the number of matching entries (§5).
+        """
         idx = self.indices(task_ids)
         if len(idx) == 0:
             return None
-        pick = idx[torch.randint(len(idx), (size,)).to(idx.device)]
+        pick = idx[torch.randint(len(idx), (min(size, len(idx)),)).to(idx.device)]
         return Replay(self.x[pick], self.y[pick], self.logits[pick], self.task_id[pick], pick)
 
     @torch.no_grad()
@@ -110,8 +113,8 @@ class ReservoirBuffer:
             t = getattr(self, name)
             t[:k] = t[keep].clone()
         self.size = k
-        # Later insertions refill the freed slots first; the reservoir count restarts from what is kept.
-        self.seen = k
+        # Later insertions refill the freed slots first (the buffer is no longer full); the count of examples
+        # seen goes on, as the reference's buffer keeps it.
 
     def to(self, device) -> "ReservoirBuffer":
         for name in ("x", "y", "logits", "task_id"):

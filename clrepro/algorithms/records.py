@@ -98,9 +98,7 @@ class UpdateRecords:
             density = float((delta != 0).float().mean()) if delta.numel() else 0.0
             rec[k] = delta.to_sparse() if density < SPARSE_BELOW else delta
             if owned is not None and k in owned:
-                split = OwnedUpdate.split(delta, *owned[k])
-                if split.numel() < _numel(rec[k]):
-                    rec[k] = split
+                rec[k] = min((rec[k], delta, OwnedUpdate.split(delta, *owned[k])), key=_numel)
         self.records[task_id] = rec
         self._start = None
 

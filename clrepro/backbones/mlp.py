@@ -92,3 +92,37 @@ class HATMaskMLP(MaskedBackbone):
             if b.drop is not None:
                 h = b.drop(h)
         return h
+
+    def plain_copy(self) -> MLP:
+        """A plain, unmasked MLP holding this one's current weights (AmnesiacHAT's backup backbone, §6).
+
+        Built on the meta device first, so making a copy draws nothing from the global RNG.
+        """
+        with torch.device("meta"):
+            twin = MLP((self.body.fc[0].in_features,), self.body.cfg)
+        twin.to_empty(device=self.body.fc[0].weight.device)
+        twin.body.load_state_dict(self.body.state_dict())
+        return twin.train(self.training)
+
+    def forward_with_backup(self, x: torch.Tensor, backup: MLP, backup_mask: dict[str, torch.Tensor],
+                            mask: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Layer-parallel forward through a backup B^u (AmnesiacHAT §6, per step 2).
+
+        The stream h starts at the input and at each layer l becomes
+        y = M^u_l ⊙ Layer^{B^u}_l(h) + (1 − M^u_l) ⊙ Layer^{main}_l(h), then ⊙ m_l, ReLU, dropout as `forward`;
+        Layer = Linear → [BN]. Only the units of u's stored mask M^u use the backup's weights.
+        """
+        h = x.flatten(1)
+        b, bb = self.body, backup.body
+        for i, name in enumerate(self.layer_names):
+            own, main = bb.fc[i](h), b.fc[i](h)
+            if b.bn is not None:
+                own, main = bb.bn[i](own), b.bn[i](main)
+            keep = backup_mask[name]
+            h = keep * own + (1 - keep) * main
+            if mask is not None:
+                h = h * mask[name]
+            h = torch.relu(h)
+            if b.drop is not None:
+                h = b.drop(h)
+        return h

@@ -18,6 +18,8 @@ PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "bf16-true", "16-t
 @dataclass
 class TrainerConfig:
     epochs: int = hp(2, low=1, doc="epochs per task (and for the joint reference)")
+    iterations: int | None = hp(None, low=1, doc="training steps per task instead of epochs (van de Ven et al.'s "
+                                                 "protocols); the last epoch is cut short")
     batch_size: int = hp(128, low=1, doc="training batch size; batches by index, drop_last as the reference")
     eval_batch_size: int | None = hp(None, low=1, doc="test batch size for batch-mean accuracy (default batch_size)")
     acc_weighting: str = hp("batch_mean", choices=("batch_mean", "sample"),

@@ -148,11 +148,20 @@ class Engine:
     def fit(self, x: torch.Tensor, y: torch.Tensor, task_id: int | torch.Tensor, step_task: int,
             val_tasks: list[Task]) -> None:
         """Train on (x, y) through the algorithm's phases (one by default), each with a fresh optimizer."""
-        for phase, epochs in self.algorithm.phases(step_task, self.cfg.trainer.epochs):
+        iters = self.cfg.trainer.iterations
+        total = self._epochs(len(y))
+        for phase, epochs in self.algorithm.phases(step_task, total):
             self.algorithm.start_phase(phase)
-            self._fit_phase(x, y, task_id, step_task, val_tasks, epochs, phase)
+            cap = None if iters is None else round(iters * epochs / total)  # a phase's share of the step budget
+            self._fit_phase(x, y, task_id, step_task, val_tasks, epochs, phase, cap)
 
-    def _fit_phase(self, x, y, task_id, step_task: int, val_tasks: list[Task], epochs: int, phase: str) -> None:
+    def _epochs(self, n: int) -> int:
+        """Epochs per task: `trainer.epochs`, or enough epochs for `trainer.iterations` steps."""
+        iters = self.cfg.trainer.iterations
+        return self.cfg.trainer.epochs if iters is None else -(-iters // self._num_batches(n))
+
+    def _fit_phase(self, x, y, task_id, step_task: int, val_tasks: list[Task], epochs: int, phase: str,
+                   max_steps: int | None = None) -> None:
         algo, fabric, tcfg = self.algorithm, self.fabric, self.cfg.trainer
         optimizer = fabric.setup_optimizers(build_optimizer(self.cfg, algo.trainable_parameters()))
         live = self.cfg.scheduler.name != "none" and (algo.lr_scheduler_live or self.cfg.scheduler.apply == "all")
@@ -160,11 +169,15 @@ class Engine:
             optimizer.optimizer, factor=self.cfg.scheduler.factor, patience=self.cfg.scheduler.patience) if live else None
         n, bs = len(y), tcfg.batch_size
         num_batches = self._num_batches(n)
+        steps = 0
         for epoch in range(epochs):
             algo.train()
             order = torch.randperm(n).to(self.device)  # CPU generator: same order on every device
             loss_sum = torch.zeros((), device=self.device)
-            for b in range(num_batches):
+            todo = num_batches if max_steps is None else min(num_batches, max_steps - steps)
+            if todo <= 0:
+                break
+            for b in range(todo):
                 idx = order[b * bs:(b + 1) * bs]
                 tid = task_id if isinstance(task_id, int) else task_id[idx]
                 step = Step(step_task, epoch, b, num_batches, self.global_step)
@@ -177,7 +190,8 @@ class Engine:
                 algo.after_optimizer_step(step)
                 loss_sum += loss.detach()
                 self.global_step += 1
-            train_loss = float(loss_sum) / num_batches  # one sync per epoch
+            steps += todo
+            train_loss = float(loss_sum) / todo  # one sync per epoch
             if not np.isfinite(train_loss):
                 raise TrainingDiverged(f"training loss is {train_loss} in task {step_task}, epoch {epoch + 1}")
             val_loss, val_acc = self._validate(val_tasks)
@@ -273,7 +287,7 @@ class Engine:
                 algo.setup_task(task, nb)
                 algo.to(self.device)
                 self.fabric.call("on_task_start", task_id=t, num_tasks=T, num_batches=nb,
-                                 epochs=self.cfg.trainer.epochs if algo.should_train(t) else 0)
+                                 epochs=self._epochs(len(task.train)) if algo.should_train(t) else 0)
                 t0 = time.perf_counter()
                 if algo.update_records is not None:
                     algo.update_records.start(t)
