@@ -70,6 +70,13 @@ ALGORITHMS = Registry(
         "clrepro.algorithms.hat",
         "clrepro.algorithms.adahat",
         "clrepro.algorithms.fgadahat",
+        "clrepro.algorithms.amnesiac_hat",
+        "clrepro.algorithms.ewc",
+        "clrepro.algorithms.online_ewc",
+        "clrepro.algorithms.si",
+        "clrepro.algorithms.lwf",
+        "clrepro.algorithms.der",
+        "clrepro.algorithms.flashback",
     ),
 )
 BACKBONES = Registry("backbone", modules=("clrepro.backbones.mlp", "clrepro.backbones.resnet"))

@@ -30,6 +30,9 @@ def _run_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. seed=3 algorithm.s_max=200")
     sp.add_argument("--out", help="run folder (default outputs/<name>/<timestamp>)")
     sp.add_argument("--quiet", action="store_true", help="no progress, only the summary")
+    sp.add_argument("--plugin", action="append", default=[], metavar="PATH",
+                    help="load a regularizer plug-in (.py file, or ep:NAME for an entry point) before the config "
+                         "is validated; select it with algorithm.name=NAME (repeatable)")
 
 
 def _metrics_args(sp: argparse.ArgumentParser) -> None:
@@ -83,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     from clrepro.errors import UserError
 
     try:
+        if getattr(args, "plugin", None):  # before the config is composed and validated
+            from clrepro.plugins import load_plugin
+            for spec in args.plugin:
+                load_plugin(spec)
         return importlib.import_module(args._module).main(args) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

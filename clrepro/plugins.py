@@ -1,0 +1,115 @@
+"""User regularizers loaded explicitly (a .py path or a `clrepro.plugins` entry point), never from a config.
+
+A plug-in is a Python file (or module) defining, at module level, the regularization benchmark's two functions
+    estimate_importance(model, dataset, prev_params, device) -> {name: tensor}
+    compute_regularization_loss(model, importance, prev_params) -> scalar tensor
+and optionally `NAME = "..."` (the algorithm name; default the file stem) and a dataclass `Config` of
+hyperparameters (default RegularizationConfig: reg_strength, gamma, epsilon). Loading it registers an algorithm
+built on ParameterRegularization; select it with `algorithm.name=NAME` (new keys need `+algorithm.KEY=...`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import re
+import sys
+import types
+from pathlib import Path
+
+from clrepro.errors import UserError
+
+ENTRY_POINT_GROUP = "clrepro.plugins"
+REQUIRED = ("estimate_importance", "compute_regularization_loss")
+_LOADED: dict[str, type] = {}  # source (resolved path or entry point) → registered class
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def register_module(module: types.ModuleType, default_name: str, source: str) -> type:
+    """Register the algorithm a plug-in module defines; UserError naming `source` if it is incomplete."""
+    from clrepro.algorithms.regularization import ParameterRegularization, RegularizationConfig
+    from clrepro.registry import ALGORITHMS
+
+    missing = [f for f in REQUIRED if not callable(getattr(module, f, None))]
+    if missing:
+        raise UserError(f"{source}: a regularizer plug-in must define {' and '.join(REQUIRED)} "
+                        f"(missing: {', '.join(missing)})")
+    name = getattr(module, "NAME", default_name)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", name):
+        raise UserError(f"{source}: NAME must be an identifier-like string, got {name!r}")
+    config = getattr(module, "Config", RegularizationConfig)
+    if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
+        raise UserError(f"{source}: Config must be a dataclass")
+    if name in ALGORITHMS.names():
+        raise UserError(f"{source}: algorithm '{name}' is already registered (set NAME to another name)")
+    doc = (module.__doc__ or "").strip()
+    cls = type(f"Plugin_{name}", (ParameterRegularization,), {
+        "__doc__": doc or f"regularizer plug-in {source}",
+        "__module__": module.__name__,
+        "Config": config,
+        "summary": doc.splitlines()[0] if doc else f"regularizer plug-in {source}",
+        "estimate_importance": module.estimate_importance,
+        "compute_regularization_loss": module.compute_regularization_loss,
+        "plugin_module": module,
+    })
+    return ALGORITHMS.register(name)(cls)
+
+
+def load_plugin(spec: str | Path) -> type:
+    """Load a regularizer plug-in from a .py file path, or `ep:NAME` for entry point NAME of `clrepro.plugins`.
+
+    Loading the same source twice returns the class registered the first time.
+    """
+    spec = str(spec)
+    if spec.startswith("ep:"):
+        return load_entry_points([spec[3:]])[0]
+    path = Path(spec).expanduser()
+    if path.suffix != ".py" or not path.is_file():
+        raise UserError(f"{spec}: plugin file not found (expected a .py file)")
+    key = str(path.resolve())
+    if key in _LOADED:
+        return _LOADED[key]
+    mod_name = f"clrepro_plugin_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}_{len(_LOADED)}"
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[mod_name] = module  # dataclasses and pickling look the module up by name
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # the user's code: report it as one line
+        del sys.modules[mod_name]
+        raise UserError(f"{spec}: plugin failed to import ({_first_line(e)})") from None
+    try:
+        _LOADED[key] = register_module(module, path.stem, spec)
+    except UserError:
+        del sys.modules[mod_name]
+        raise
+    return _LOADED[key]
+
+
+def load_entry_points(names: list[str] | None = None) -> list[type]:
+    """Load the `clrepro.plugins` entry points (all, or those named); each names a plug-in module."""
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    if names is not None:
+        unknown = [n for n in names if n not in found]
+        if unknown:
+            raise UserError(f"ep:{unknown[0]}: no '{ENTRY_POINT_GROUP}' entry point of that name "
+                            f"(installed: {', '.join(sorted(found)) or 'none'})")
+    out = []
+    for name in (names if names is not None else sorted(found)):
+        key = f"ep:{name}"
+        if key not in _LOADED:
+            try:
+                module = found[name].load()
+            except Exception as e:
+                raise UserError(f"{key}: plugin failed to import ({_first_line(e)})") from None
+            if not isinstance(module, types.ModuleType):
+                raise UserError(f"{key}: the entry point must name a module, got {type(module).__name__}")
+            _LOADED[key] = register_module(module, name, key)
+        out.append(_LOADED[key])
+    return out
