@@ -76,6 +76,7 @@ ALGORITHMS = Registry(
         "clrepro.algorithms.si",
         "clrepro.algorithms.lwf",
         "clrepro.algorithms.der",
+        "clrepro.algorithms.clpu_derpp",
         "clrepro.algorithms.flashback",
     ),
 )

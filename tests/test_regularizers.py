@@ -356,3 +356,31 @@ def test_bad_plugin_is_one_line_exit_2(tmp_path, capsys, content, expected):
     assert main(["run", "--plugin", str(path), "finetuning_pmnist"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0] and str(path) in err[0]
+
+
+@pytest.mark.parametrize("estimator", ["empirical", "exact"])
+def test_linear_layer_fast_path_equals_the_vmap_estimator(estimator):
+    """fisher_pass's hook-based path for Linear layers ((w⊙δ²)ᵀa²) gives the per-sample vmap estimator's F."""
+    from clrepro.algorithms import ewc as ewc_module
+    from clrepro.algorithms.ewc import fisher_pass
+    from clrepro.config.load import load_experiment
+    from clrepro.engine.loop import Engine
+
+    eng = Engine(load_experiment("finetuning_pmnist", ["benchmark=pdigits", "benchmark.num_tasks=2",
+                                                       "backbone.hidden=[16,8]", "algorithm=online_ewc",
+                                                       "scenario=DIL"]))
+    algo = eng.algorithm
+    task = eng._task(1)
+    algo.setup_task(task, 1)
+    data = algo.importance_data(task)
+    data.x, data.y = data.x[:300], data.y[:300]
+    fast = fisher_pass(algo, data, estimator, 64)
+    real = ewc_module.linear_squared_grads
+    ewc_module.linear_squared_grads = lambda model, names: None  # force the vmap estimator
+    try:
+        slow = fisher_pass(algo, data, estimator, 64)
+    finally:
+        ewc_module.linear_squared_grads = real
+    assert set(fast) == set(slow) and any("heads" in k for k in fast)  # DIL: the shared head is regularized
+    for k in slow:
+        assert torch.allclose(fast[k], slow[k], rtol=1e-4, atol=1e-9), k

@@ -21,10 +21,10 @@ def test_experiment_configs_validate(name):
                          ids=lambda p: p.name)
 def test_sweep_files_validate(path):
     from clrepro.sweep.runner import base_config
-    from clrepro.sweep.spec import load_sweep
+    from clrepro.sweep.spec import load_sweeps
 
-    spec = load_sweep(path)
-    base_config(spec, str(path))  # every search-space key exists and every probe value validates
+    for spec in load_sweeps(path):  # each variant of a file with `variants:`
+        base_config(spec, str(path))  # every search-space key exists and every probe value validates
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "paper_tables").rglob("*.yaml")), ids=lambda p: p.name)

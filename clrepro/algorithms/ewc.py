@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from clrepro.algorithms.base import Batch, Step
-from clrepro.algorithms.fisher import FISHER_ESTIMATORS
+from clrepro.algorithms.fisher import FISHER_ESTIMATORS, linear_squared_grads
 from clrepro.algorithms.regularization import ParamDict, ParameterRegularization, TaskData
 from clrepro.config.hparams import hp
 from clrepro.errors import ConfigError
@@ -50,7 +50,8 @@ def fisher_pass(model: ParameterRegularization, dataset: TaskData, estimator: st
     was_training = model.training
     model.eval()
     try:
-        return ParamDict(FISHER_ESTIMATORS[estimator](logits_fn, params, x, y, batch_size))
+        fast = None if estimator == "batch" else linear_squared_grads(model, list(params))
+        return ParamDict(FISHER_ESTIMATORS[estimator](logits_fn, params, x, y, batch_size, squared_grads=fast))
     finally:
         model.train(was_training)
 

@@ -56,6 +56,8 @@ def _sweep_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--resume", nargs="?", const="latest", metavar="SWEEP_DIR",
                     help="continue an interrupted sweep (the latest of this name, or the given folder)")
     sp.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    sp.add_argument("--variant", action="append", metavar="NAME",
+                    help="run only this variant of a file with `variants:` (repeatable; default: all, in order)")
     sp.add_argument("--quiet", action="store_true", help="no live progress")
 
 

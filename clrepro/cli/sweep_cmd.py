@@ -60,7 +60,13 @@ def main(args) -> int:
     from clrepro.sweep.runner import run_sweep
 
     resume = args.resume if args.resume not in (None, "latest") else (True if args.resume == "latest" else None)
-    outcome = run_sweep(args.file, address=args.address, tracking_uri=args.tracking_uri, resume=resume,
-                        tune_path=args.storage, num_cpus=args.num_cpus, progress=not args.quiet)
-    print_summary(outcome)
-    return 0 if any(t.status == "DONE" for t in outcome.trials) else 1
+    from clrepro.sweep.spec import load_sweeps
+
+    variants = args.variant or [s.variant for s in load_sweeps(args.file)]  # all of a file's variants, in order
+    ok = True
+    for variant in variants:
+        outcome = run_sweep(args.file, address=args.address, tracking_uri=args.tracking_uri, resume=resume,
+                            tune_path=args.storage, num_cpus=args.num_cpus, progress=not args.quiet, variant=variant)
+        print_summary(outcome)
+        ok = ok and any(t.status == "DONE" for t in outcome.trials)
+    return 0 if ok else 1

@@ -311,11 +311,11 @@ def _optuna_plots(store: MlflowStore, parent: str, spec: SweepSpec, trials: list
 
 def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: str | None = None,
               resume: str | bool | None = None, tune_path: str | None = None, num_cpus: int | None = None,
-              progress: bool = True) -> SweepOutcome:
+              progress: bool = True, variant: str | None = None) -> SweepOutcome:
     """Validate, search with Tune + Optuna, re-run the best on the report seeds, log everything to MLflow."""
     start = time.perf_counter()
     spec_path = Path(spec_path)
-    spec = load_sweep(spec_path)
+    spec = load_sweep(spec_path, variant)
     uri = absolute_tracking_uri(tracking_uri or spec.storage.tracking_uri)
     root = Path(tune_path or spec.storage.tune_path).resolve()
     sweep_dir, resuming = _sweep_dir(spec, root, resume)

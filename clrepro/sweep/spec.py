@@ -89,6 +89,41 @@ class SweepSpec:
     storage: Storage = field(default_factory=Storage)
     final: Final = field(default_factory=Final)
     description: str = hp("", doc="free text")
+    variant: str | None = hp(None, doc="which entry of the file's `variants` this is (set when expanded)")
+
+
+VARIANT_KEYS = ("overrides", "search_space", "objective", "seeds", "num_samples", "metrics", "description")
+
+
+def expand_variants(raw: dict, path: Path) -> dict[str | None, dict]:
+    """A sweep file's `variants:` as separate raw sweeps {variant: raw}, or {None: raw} without variants.
+
+    A variant is one study of a family (EWC, online EWC, SI in one file): its sweep is named
+    '<name>-<variant>', its `overrides` extend the experiment's, its `search_space` extends the common one and
+    its other keys replace the file's.
+    """
+    variants = raw.pop("variants", None)
+    if variants is None:
+        return {None: raw}
+    if not isinstance(variants, dict) or not variants:
+        raise ConfigError("variants", "expected a non-empty mapping {name: {overrides, search_space, ...}}",
+                          None, str(path))
+    out = {}
+    for name, v in variants.items():
+        v = dict(v or {})
+        bad = [k for k in v if k not in VARIANT_KEYS]
+        if bad:
+            raise ConfigError(f"variants.{name}.{bad[0]}", "unknown key", VARIANT_KEYS, str(path))
+        r = copy.deepcopy(raw)
+        r["name"] = f"{raw.get('name')}-{name}"
+        r["variant"] = str(name)
+        exp = dict(r.get("experiment") or {})
+        exp["overrides"] = [*exp.get("overrides", []), *v.pop("overrides", [])]
+        r["experiment"] = exp
+        r["search_space"] = {**(r.get("search_space") or {}), **v.pop("search_space", {})}
+        r.update(v)
+        out[str(name)] = r
+    return out
 
 
 def _check_dimension(key: str, d: Dimension) -> None:
@@ -107,10 +142,27 @@ def _check_dimension(key: str, d: Dimension) -> None:
         raise ConfigError(f"{k}.step", "cannot be combined with log")
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep file; every problem is one line naming the file, key and allowed values."""
+def load_sweeps(path: str | Path) -> list[SweepSpec]:
+    """Every sweep a file defines: itself, or one per entry of its `variants`."""
     path = Path(path)
     raw = read_mapping(path, "sweep file")
+    return [_build(r, path) for r in expand_variants(raw, path).values()]
+
+
+def load_sweep(path: str | Path, variant: str | None = None) -> SweepSpec:
+    """Read and validate a sweep file (one `variant` of it, if it has variants); every problem is one line
+    naming the file, key and allowed values."""
+    path = Path(path)
+    raw = read_mapping(path, "sweep file")
+    expanded = expand_variants(raw, path)
+    if variant not in expanded:
+        names = [k for k in expanded if k is not None]
+        problem = "the file has variants: choose one" if variant is None else f"no variant '{variant}'"
+        raise ConfigError("variant", problem, names or ["(none: the file has no variants)"], str(path))
+    return _build(expanded[variant], path)
+
+
+def _build(raw: dict, path: Path) -> SweepSpec:
     if isinstance(raw.get("experiment"), str):
         raw["experiment"] = {"name": raw["experiment"]}
     try:

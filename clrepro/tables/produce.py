@@ -24,12 +24,16 @@ def produce_missing(spec: TableSpec, reader: RunReader, log=print) -> int:
     for row in spec.rows:
         for bench, sel in row.runs.items():
             if sel.sweep:
-                if sel.sweep_file and sel.sweep_file not in done_sweeps and reader.latest_sweep_run(sel.sweep) is None:
+                if sel.sweep_file and sel.sweep not in done_sweeps and reader.latest_sweep_run(sel.sweep) is None:
                     from clrepro.sweep.runner import run_sweep
+                    from clrepro.sweep.spec import load_sweeps
 
-                    log(f"running sweep {sel.sweep_file} for {row.label} / {bench}")
-                    run_sweep(sel.sweep_file, tracking_uri=spec.tracking_uri, progress=False)
-                    done_sweeps.add(sel.sweep_file)
+                    log(f"running sweep {sel.sweep} ({sel.sweep_file}) for {row.label} / {bench}")
+
+                    variants = {s.name: s.variant for s in load_sweeps(sel.sweep_file)}
+                    run_sweep(sel.sweep_file, tracking_uri=spec.tracking_uri, progress=False,
+                              variant=variants.get(sel.sweep))
+                    done_sweeps.add(sel.sweep)
                     made += 1
             elif sel.experiment:
                 have = {v.seed for v in reader.read(sel)}

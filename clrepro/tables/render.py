@@ -40,7 +40,8 @@ def _best_per_column(table: Table) -> list[int | None]:
 
     best = []
     for j, col in enumerate(table.spec.columns):
-        means = [(row[j].mean, i) for i, row in enumerate(table.cells) if row[j].mean is not None]
+        means = [(row[j].mean, i) for i, row in enumerate(table.cells)
+                 if row[j].mean is not None and not table.spec.rows[i].gain_of]
         pick = min if col.metric in LOWER_IS_BETTER else max
         best.append(pick(means)[1] if means else None)
     return best

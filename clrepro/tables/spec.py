@@ -39,6 +39,9 @@ class Row:
     approach: str | None = hp(None, doc="the approach's name in the published CSV")
     runs: dict[str, Selector] = field(default_factory=dict)  # benchmark → selector
     note: str = hp("", doc="shown for rows without runs (e.g. 'algorithm not built yet')")
+    gain_of: str | None = hp(None, doc="a gain row: the per-seed difference (row gain_of) − (row gain_over), "
+                                       "paired by seed, e.g. FL-oEWC − oEWC at the same budget")
+    gain_over: str | None = hp(None, doc="the row the gain is measured against")
 
 
 @dataclass
@@ -83,6 +86,14 @@ def load_table(path: str | Path) -> TableSpec:
                     raise ConfigError(key, "needs exactly one of sweep, experiment, folders", None)
                 if sel.experiment and not sel.seeds:
                     raise ConfigError(f"{key}.seeds", "an experiment selector needs its seeds", None)
+            labels = [r.label for r in spec.rows if not r.gain_of]
+            if (row.gain_of is None) != (row.gain_over is None):
+                raise ConfigError(f"rows[{i}].gain_over", "a gain row needs both gain_of and gain_over", labels)
+            for k in ("gain_of", "gain_over"):
+                if getattr(row, k) is not None and getattr(row, k) not in labels:
+                    raise ConfigError(f"rows[{i}].{k}", f"no row '{getattr(row, k)}'", labels)
+            if row.gain_of and row.runs:
+                raise ConfigError(f"rows[{i}].runs", "a gain row takes its values from gain_of and gain_over")
     except ConfigError as e:
         raise e.located(str(path), strip="table.") from None
     if spec.published:

@@ -40,5 +40,23 @@ def build_table(spec: TableSpec, reader: RunReader | None = None) -> Table:
             orow.append(seeds)
         cells.append(crow)
         origins.append(orow)
-        notes.append(row.note if not row.runs else "")
+        notes.append(row.note if not (row.runs or row.gain_of) else "")
+    _fill_gains(spec, cells, origins)
     return Table(spec, cells, origins, notes)
+
+
+def _fill_gains(spec: TableSpec, cells: list[list[Cell]], origins: list[list[list[SeedValues]]]) -> None:
+    """Gain rows: per column, (gain_of − gain_over) for each seed both rows have (paired by seed)."""
+    index = {r.label: i for i, r in enumerate(spec.rows) if not r.gain_of}
+    for i, row in enumerate(spec.rows):
+        if not row.gain_of:
+            continue
+        a, b = index[row.gain_of], index[row.gain_over]
+        for j, col in enumerate(spec.columns):
+            va = {s.seed: s.metrics.get(col.metric) for s in origins[a][j]}
+            vb = {s.seed: s.metrics.get(col.metric) for s in origins[b][j]}
+            seeds = [s for s in va if s in vb and va[s] is not None and vb[s] is not None]
+            values = [spec.scale * (va[s] - vb[s]) for s in seeds]
+            cells[i][j] = Cell(values, None, "none", 0.0)
+            origins[i][j] = [SeedValues(s, {col.metric: va[s] - vb[s]}, f"gain:{row.gain_of}-{row.gain_over}")
+                             for s in seeds]
