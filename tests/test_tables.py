@@ -150,3 +150,39 @@ def test_ci_regeneration_fails_when_a_number_drifts():
     row = lines[1].split(",")
     row[3] = "2"  # a seed lost
     assert any("n is '2'" in p for p in compare("fg", "\n".join([lines[0], ",".join(row), *lines[2:]]), expected, 0.5))
+
+
+def test_gain_rows_are_per_seed_differences_and_dd_is_lower_is_better(tmp_path):
+    make_runs(tmp_path / "runs", "host", [{"AA": 0.80, "DD": 0.30}, {"AA": 0.84, "DD": 0.20}, {"AA": 0.82, "DD": 0.25}])
+    make_runs(tmp_path / "runs", "fl", [{"AA": 0.83, "DD": 0.10}, {"AA": 0.84, "DD": 0.50}])  # seeds 1, 2 only
+    spec = {"title": "gain", "columns": [{"benchmark": "pm", "metric": "AA"}, {"benchmark": "pm", "metric": "DD"}],
+            "rows": [{"label": "host", "runs": {"pm": {"folders": "runs/host/*"}}},
+                     {"label": "FL", "runs": {"pm": {"folders": "runs/fl/*"}}},
+                     {"label": "gain", "gain_of": "FL", "gain_over": "host"}],
+            "tolerance": {"rule": "none"}}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    table = build_table(load_table(path), RunReader("sqlite:///nowhere.db"))
+    gain_aa, gain_dd = table.cells[2]
+    assert gain_aa.values == pytest.approx([3.0, 0.0])  # paired by seed: seed 3 has no FL run
+    assert gain_dd.values == pytest.approx([-20.0, 30.0])
+    from clrepro.tables.render import _best_per_column
+
+    assert _best_per_column(table) == [1, 0]  # AA: FL 83.5 > host 82; DD (lower is better): host 25 < FL 30
+    bad = dict(spec, rows=spec["rows"][:2] + [{"label": "gain", "gain_of": "FL", "gain_over": "nope"}])
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(Exception, match="no row 'nope'"):
+        load_table(path)
+
+
+def test_sweep_variants_expand_into_named_sweeps():
+    from clrepro.errors import ConfigError
+    from clrepro.sweep.spec import load_sweep, load_sweeps
+
+    specs = load_sweeps(ROOT / "sweeps" / "ewc_si_embedded.yaml")
+    assert [s.name for s in specs] == ["ewc_si_embedded-ewc", "ewc_si_embedded-online_ewc", "ewc_si_embedded-si"]
+    si = load_sweep(ROOT / "sweeps" / "ewc_si_embedded.yaml", "si")
+    assert si.experiment.overrides == ["algorithm=si"] and list(si.search_space) == ["algorithm.c"]
+    assert set(specs[1].search_space) == {"algorithm.parameter_change_reg_factor", "algorithm.gamma"}
+    with pytest.raises(ConfigError, match="choose one"):
+        load_sweep(ROOT / "sweeps" / "ewc_si_embedded.yaml")

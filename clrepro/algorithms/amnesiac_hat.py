@@ -75,15 +75,19 @@ class AmnesiacHAT(AdaHAT):
     supports_unlearning = True
     summary = "AdaHAT + replay with backups and update records: unlearns tasks on request"
 
-    def __init__(self, backbone, heads, cfg: AmnesiacHATConfig, num_tasks: int) -> None:
-        if not callable(getattr(backbone, "forward_with_backup", None)):
+    @classmethod
+    def check_config(cls, cfg: AmnesiacHATConfig, backbone_cls: type) -> None:
+        if not callable(getattr(backbone_cls, "forward_with_backup", None)):
             allowed = [n for n in BACKBONES.names() if callable(getattr(BACKBONES.get(n), "forward_with_backup", None))]
-            name = getattr(type(backbone), "registry_name", type(backbone).__name__)
+            name = getattr(backbone_cls, "registry_name", backbone_cls.__name__)
             raise ConfigError("backbone.name", f"AmnesiacHAT supports the HAT MLP here; '{name}' has no backup "
                                                "forward", allowed)
         if cfg.adjustment_mode not in ARCHITECTURES[cfg.architecture]:
             raise ConfigError("algorithm.adjustment_mode", f"'{cfg.adjustment_mode}' is not a rule of "
                               f"architecture {cfg.architecture}", ARCHITECTURES[cfg.architecture])
+
+    def __init__(self, backbone, heads, cfg: AmnesiacHATConfig, num_tasks: int) -> None:
+        self.check_config(cfg, type(backbone))
         super().__init__(backbone, heads, cfg, num_tasks)
         self.buffer = ReservoirBuffer(cfg.buffer_size)
         self.backups = nn.ModuleDict()  # B^{u→t} of the task being learned, keyed str(u)

@@ -57,6 +57,10 @@ class CLAlgorithm(nn.Module):
     multitask: ClassVar[bool] = False
     summary: ClassVar[str] = ""
 
+    @classmethod
+    def check_config(cls, cfg, backbone_cls: type) -> None:
+        """Cross-field checks at config time (raise ConfigError): a needed backbone, incompatible options."""
+
     def __init__(self, backbone: Backbone, heads: Heads, cfg, num_tasks: int) -> None:
         super().__init__()
         self.backbone, self.heads, self.cfg, self.num_tasks = backbone, heads, cfg, num_tasks

@@ -66,11 +66,15 @@ class EWC(ParameterRegularization):
     accumulate_path_integral = False
     summary = "elastic weight consolidation: one Fisher-weighted quadratic penalty per old task"
 
-    def __init__(self, backbone, heads, cfg: EWCConfig, num_tasks: int) -> None:
-        super().__init__(backbone, heads, cfg, num_tasks)
+    @classmethod
+    def check_config(cls, cfg: EWCConfig, backbone_cls: type) -> None:
         if cfg.when_calculate_fisher_information == "train" and cfg.fisher != "batch":
             raise ConfigError("algorithm.fisher", f"'{cfg.fisher}' needs when_calculate_fisher_information="
                               "train_end; during training only the batch estimator is accumulated", ("batch",))
+
+    def __init__(self, backbone, heads, cfg: EWCConfig, num_tasks: int) -> None:
+        super().__init__(backbone, heads, cfg, num_tasks)
+        self.check_config(cfg, type(backbone))
         self.fishers: dict[int, ParamDict] = {}    # F_τ
         self.snapshots: dict[int, ParamDict] = {}  # θ*_τ
         self._batch_size = 1

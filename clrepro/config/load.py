@@ -121,6 +121,7 @@ def components(cfg: ExperimentConfig) -> Components:
     if cfg.scenario not in al.scenarios:
         raise ConfigError("scenario", f"'{cfg.scenario}' is not supported by algorithm '{al.registry_name}'",
                           al.scenarios)
+    al.check_config(comp.algorithm_cfg, bb)
     if cfg.unlearning.requests:
         from clrepro.engine.unlearning import UnlearningPlan
         if not al.can_unlearn():
