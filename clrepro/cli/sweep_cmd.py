@@ -38,10 +38,11 @@ def print_summary(outcome) -> None:
             continue
         agg = f["aggregate"]
         ft = Table(title=f"best #{f['rank']} ({trial.trial_id}): {params} — report seeds {f['seeds']} (%)")
-        for m in METRICS:
+        shown = [m for m in METRICS if m in spec.metrics]
+        for m in shown:
             ft.add_column(m, justify="right")
         ft.add_column("n", justify="right")
-        ft.add_row(*[f"{_fmt(agg[f'{m}_mean'])} ± {_fmt(agg[f'{m}_std'])}" for m in METRICS],
+        ft.add_row(*[f"{_fmt(agg[f'{m}_mean'])} ± {_fmt(agg[f'{m}_std'])}" for m in shown],
                    str(int(agg["AA_n"])))
         console.print(ft)
     console.print(f"[dim]wall {outcome.wall_seconds:.1f}s on {outcome.slots} slots: training + evaluation "

@@ -12,10 +12,9 @@ from typing import Iterable
 import numpy as np
 
 from clrepro.config.load import config_hash, resolved_dict
-from clrepro.config.schema import ExperimentConfig
+from clrepro.config.schema import CUL_METRICS, ExperimentConfig
 from clrepro.engine.loop import Engine, run
-from clrepro.engine.references import (CUL_METRICS, cul_reference_config, needed_cul_references, needed_references,
-                                       reference_config)
+from clrepro.engine.references import cul_reference_config, needed_cul_references, needed_references, reference_config
 from clrepro.engine.unlearning import UnlearningPlan
 from clrepro.engine.result import RunResult
 from clrepro.metrics.cl import compute_cl_metrics

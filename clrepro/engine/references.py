@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 from clrepro.config.load import components
-from clrepro.config.schema import CUL_METRICS, ExperimentConfig  # noqa: F401  (CUL_METRICS re-exported)
+from clrepro.config.schema import ExperimentConfig
 from clrepro.registry import BACKBONES
 
 REFERENCE_ALGORITHMS = {"independent": "independent", "joint": "joint", "random": "random"}

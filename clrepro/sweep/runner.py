@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from clrepro.config.load import from_resolved, load_experiment, resolved_dict
+from clrepro.config.schema import METRICS
 from clrepro.errors import ConfigError, UserError
 from clrepro.sweep.spec import SweepSpec, apply_params, grid_size, load_sweep, optuna_space
 from clrepro.sweep.trial import TrialContext, log_trial_summary
@@ -238,7 +239,7 @@ def _final_summaries(store: MlflowStore, results, trials: list[TrialSummary]) ->
             last = str(r.error).strip().splitlines()[-1] if r.error else "no result"
             entry["errors"].append(f"seed {final['seed']}: {last}")
         else:
-            entry["records"].append({**{k: m.get(k) for k in ("AA", "BWT", "FWT", "FR")}, "seed": m.get("seed"),
+            entry["records"].append({**{k: m.get(k) for k in METRICS}, "seed": m.get("seed"),
                                      "acc": np.array(m["acc"], dtype=float), "engine_seconds": m.get("engine_seconds", 0.0)})
     by_id = {t.trial_id: t for t in trials}
     out = []
