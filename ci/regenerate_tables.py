@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import yaml
 
-    tables = args.tables or sorted((ROOT / "paper_tables" / "ci").glob("*.yaml"))
+    tables = [p.resolve() for p in args.tables] or sorted((ROOT / "paper_tables" / "ci").glob("*.yaml"))
     atol = float(os.environ.get("CLREPRO_TABLE_ATOL", "0.5"))
     failures = []
     with tempfile.TemporaryDirectory() as d:

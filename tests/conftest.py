@@ -24,6 +24,17 @@ def tiny():
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models train fastest on one torch thread, and the CI machine's 2 cores are shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def no_torchvision(monkeypatch):
     """Make `import torchvision` fail, as on a machine without the `vision` extra."""
     real_import = builtins.__import__

@@ -21,13 +21,7 @@ from clrepro.errors import ConfigError
 from clrepro.registry import BACKBONES
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread, and the CI machine's cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(tiny, *overrides: str, tasks: int = 3, unlearning: bool = True) -> Engine:

@@ -22,13 +22,7 @@ from conftest import TINY
 CHANCE = 0.25  # 10 classes per task: an unlearned task's accuracy falls below this
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread, and the CI machine's cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(*overrides: str):

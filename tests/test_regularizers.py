@@ -30,12 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = "trainer.threads=1"  # the tiny runs are dominated by thread contention on a shared machine
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Linear(Backbone):

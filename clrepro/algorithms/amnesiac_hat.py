@@ -425,10 +425,7 @@ class AmnesiacHAT(AdaHAT):
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
-        for name in ("x", "y", "logits", "task_id"):  # the buffer follows the module's device
-            t = getattr(self.buffer, name)
-            if t is not None:
-                setattr(self.buffer, name, fn(t))
+        self.buffer.apply(fn)  # the buffer follows the module's device
         if self._theta0 is not None:
             self._theta0 = {k: fn(v) for k, v in self._theta0.items()}
         self.backup_states = {key: {k: fn(v) for k, v in s.items()} for key, s in self.backup_states.items()}

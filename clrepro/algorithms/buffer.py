@@ -116,9 +116,13 @@ class ReservoirBuffer:
         # Later insertions refill the freed slots first (the buffer is no longer full); the count of examples
         # seen goes on, as the reference's buffer keeps it.
 
-    def to(self, device) -> "ReservoirBuffer":
+    def apply(self, fn) -> "ReservoirBuffer":
+        """Map the stored tensors (a module's `_apply` passes its device/dtype move here)."""
         for name in ("x", "y", "logits", "task_id"):
             t = getattr(self, name)
             if t is not None:
-                setattr(self, name, t.to(device))
+                setattr(self, name, fn(t))
         return self
+
+    def to(self, device) -> "ReservoirBuffer":
+        return self.apply(lambda t: t.to(device))

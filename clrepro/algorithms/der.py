@@ -128,10 +128,7 @@ class DER(CLAlgorithm):
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
-        for name in ("x", "y", "logits", "task_id"):  # the buffer follows the module's device
-            t = getattr(self.buffer, name)
-            if t is not None:
-                setattr(self.buffer, name, fn(t))
+        self.buffer.apply(fn)  # the buffer follows the module's device
         self._width_of = fn(self._width_of)
         return out
 
