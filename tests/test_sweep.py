@@ -53,7 +53,7 @@ def runs(db: Path, level: str, group: str | None = None) -> list[dict]:
 
 @pytest.mark.parametrize("change, expected", [
     ({"num_samples": 0}, "num_samples: 0 is out of range"),
-    ({"objective": {"metric": "XX"}}, "objective.metric: 'XX' is not allowed (allowed: AA, BWT, FWT, FR)"),
+    ({"objective": {"metric": "XX"}}, "objective.metric: 'XX' is not allowed (allowed: AA, BWT, FWT, FR, AA_remaining, DD, AGR)"),
     ({"search_space": {"optimizer.lrr": {"type": "float", "low": 0.001, "high": 0.1}}},
      "search_space.optimizer.lrr: unknown key (allowed: betas, eps, lr, momentum, name, weight_decay)"),
     ({"search_space": {"optimizer.lr": {"type": "uniform", "low": 0.001, "high": 0.1}}},
