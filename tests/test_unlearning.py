@@ -136,3 +136,10 @@ def test_independent_unlearns_exactly():
         assert torch.allclose(algo.features(x), valid)  # φ averages the valid networks only (tasks 2, 3)
         assert torch.allclose(algo(x, 1), algo.heads(reference(x), 1))     # task 1 answers from θ_0
     assert res.acc[1, 0] < res.acc[0, 0]
+
+
+def test_cul_metrics_without_references_are_undefined_not_errors():
+    c = cfg("unlearning.requests={2:[1]}", "unlearning.retrain=off", metrics="[AA,AA_remaining,DD]")
+    m = run_experiment(c).metrics
+    assert m["DD"] is None and m["AA_remaining"] is not None and "AGR" not in m
+    assert m["cul_details"]["retrain"] is False

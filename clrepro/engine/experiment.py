@@ -86,7 +86,8 @@ def _cul(cfg: ExperimentConfig, engine: Engine, acc: np.ndarray, seed: int, list
     bs = cfg.trainer.eval_batch_size or cfg.trainer.batch_size
     main_out = engine.final_outputs(tasks)
     plan = engine.plan or UnlearningPlan.from_config(u, engine.num_tasks)
-    refs, seconds, dd, ag = {}, 0.0, {}, None
+    refs, seconds, ag = {}, 0.0, None
+    dd = {t: float("nan") for t in tasks}  # undefined (None in the record) unless the retrain reference runs
     for kind in needed_cul_references(cfg):
         train_tasks = plan.retrain_tasks() if kind == "retrain" else None
         ref = Engine(cul_reference_config(cfg, kind), seed, listeners, train_tasks=train_tasks, unlearning=False)
