@@ -273,13 +273,12 @@ class Engine:
             self.fabric.call("on_task_end", task_id=T, accuracies=row, loss=lrow, extras=extras[-1],
                              seconds=train_s + eval_s)
         else:
-            trained = self.trained
             for t in range(1, T + 1):
                 if t not in self.train_tasks:
                     extras.append({})
                     continue
                 task = self._task(t)
-                trained.append(t)
+                self.trained.append(t)
                 nb = self._num_batches(len(task.train))
                 if self.plan is not None:  # §2: what is still unlearnable at t, and what is gone
                     algo.unlearnable_ids = self.plan.unlearnable(t, self.unlearned)
@@ -301,7 +300,7 @@ class Engine:
                 t1 = time.perf_counter()
                 # Row t: every task tested so far (unlearned ones included, §2); the retrain reference
                 # tests only the tasks it trained.
-                cols = list(range(1, t + 1)) if len(self.train_tasks) == T else list(trained)
+                cols = list(range(1, t + 1)) if len(self.train_tasks) == T else list(self.trained)
                 row, lrow = self.evaluate(cols)
                 t2 = time.perf_counter()
                 train_s, eval_s = train_s + t1 - t0, eval_s + t2 - t1
