@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml ci/constraints.txt | sha1sum | cut -c1-12)
 CLREPRO := $(VENV)/bin/clrepro
 
-.PHONY: venv quickstart test bench tables clean
+.PHONY: venv quickstart test bench tables parity clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ tables: venv
 bench: venv
 	$(VENV)/bin/python benchmarks/hat_step_overhead.py
 	$(VENV)/bin/python benchmarks/sweep_efficiency.py sweeps/quickstart.yaml
+
+# Parity with CLArena and Avalanche on identical data (hours; not in CI): make parity [PAIR=clarena/hat]
+parity: venv
+	$(VENV)/bin/python benchmarks/parity/run.py $(if $(PAIR),--only $(PAIR)) $(if $(SEEDS),--seeds $(SEEDS))
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache ray_results mlartifacts mlflow.db

@@ -1,0 +1,156 @@
+"""Put each pair's two distributions side by side: mean ± std, difference, Welch p, TOST at ±margin, wall times."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from pairs import load_pairs, resolve  # noqa: E402
+from stats import tost, welch_p  # noqa: E402
+
+PRIMARY = ("AA", "AA_remaining")  # tested for equivalence at ±margin points
+POINTS = 100.0  # metrics are stored as fractions; the tables show percentage points
+
+
+def seed_records(folder: Path) -> dict[int, dict]:
+    """seed -> metrics.json of every finished seed in a tool's folder."""
+    out = {}
+    for f in sorted(folder.glob("seed*/metrics.json")):
+        rec = json.loads(f.read_text())
+        out[int(rec.get("seed", f.parent.name[4:]))] = rec
+    return out
+
+
+def _fmt(values) -> str:
+    v = np.asarray(values, float) * POINTS
+    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else (f"{v.mean():.2f}" if len(v) else "—")
+
+
+def pair_rows(peer: str, pair: dict, runs: Path, margin: float) -> list[dict]:
+    """One row per metric of the pair: both tools' values over the seeds both finished."""
+    base = runs / peer / pair["id"]
+    mine, theirs = seed_records(base / "clrepro"), seed_records(base / peer)
+    seeds = sorted(set(mine) & set(theirs) & set(pair["seed_list"]))
+    rows = []
+    for metric in pair["metrics"]:
+        a = [theirs[s][metric] for s in seeds if theirs[s].get(metric) is not None]
+        b = [mine[s][metric] for s in seeds if mine[s].get(metric) is not None]
+        row = {"peer": peer, "pair": pair["id"], "metric": metric, "n_peer": len(a), "n_clrepro": len(b),
+               "peer_value": _fmt(a), "clrepro_value": _fmt(b)}
+        if len(a) > 1 and len(b) > 1:
+            pa, pb = np.asarray(a) * POINTS, np.asarray(b) * POINTS
+            row["diff"] = round(float(pb.mean() - pa.mean()), 2)
+            row["welch_p"] = round(welch_p(pa, pb), 3)
+            if metric in PRIMARY:
+                t = tost(pa, pb, margin)
+                row.update(tost_p=round(t["p"], 4), verdict="equivalent" if t["equivalent"] else "not shown",
+                           power=round(t["power"], 2), n_for_80=t["n_for_80"])
+        if metric == pair["metrics"][0]:
+            wa = [theirs[s]["wall_s"] for s in seeds if theirs[s].get("wall_s") is not None]
+            wb = [mine[s]["wall_s"] for s in seeds if mine[s].get("wall_s") is not None]
+            if wa and wb:
+                row.update(peer_wall_s=round(float(np.mean(wa)), 2), clrepro_wall_s=round(float(np.mean(wb)), 2),
+                           speedup=round(float(np.mean(wa) / np.mean(wb)), 2))
+        rows.append(row)
+    return rows
+
+
+def metric_code_rows(peer: str, pair: dict, runs: Path) -> list[dict]:
+    """The peer's own metric values beside clrepro's metric code on the very same matrix files."""
+    from clrepro.metrics.cl import compute_cl_metrics
+    from clrepro.metrics.io import read_acc_matrix, read_joint_row
+
+    diffs: dict[str, list[float]] = {}
+    for f in sorted((runs / peer / pair["id"] / peer).glob("seed*/metrics.json")):
+        rec, d = json.loads(f.read_text()), f.parent
+        if not (d / "acc.csv").is_file():
+            continue
+
+        def ref(kind, reader):
+            p = d / f"ref{kind}" / "acc.csv"
+            return reader(p) if p.is_file() else None
+
+        m = compute_cl_metrics(read_acc_matrix(d / "acc.csv"), independent=ref("independent", read_acc_matrix),
+                               joint=ref("joint", read_joint_row), random=ref("random", read_acc_matrix))
+        for k in ("AA", "BWT", "FWT", "FR"):
+            if rec.get(k) is not None and m.get(k) is not None:
+                diffs.setdefault(k, []).append(abs(float(rec[k]) - float(m[k])))
+    return [{"peer": peer, "pair": pair["id"], "metric": k, "files": len(v), "max_abs_diff": max(v)}
+            for k, v in diffs.items()]
+
+
+def env_line(folder: Path) -> str:
+    envs = sorted(folder.glob("*/*/env.json"))
+    return json.loads(envs[0].read_text()) if envs else {}
+
+
+def markdown(rows: list[dict], code_rows: list[dict], margin: float, envs: dict) -> str:
+    out = [f"Equivalence: TOST (two one-sided Welch tests) at ±{margin:g} AA points, α = 0.05; power at a true "
+           "difference of 0 with the observed spreads; n_80 = seeds per side for 80 % power. Values are "
+           "percent, mean ± sample std over seeds; diff = clrepro − peer.", ""]
+    out.append("| peer | pair | metric | n | peer | clrepro | diff | Welch p | TOST p | verdict | power | n_80 "
+               "| peer s/run | clrepro s/run | speed-up |")
+    out.append("|" + "---|" * 15)
+    for r in rows:
+        out.append("| " + " | ".join(str(r.get(k, "")) for k in (
+            "peer", "pair", "metric", "n_clrepro", "peer_value", "clrepro_value", "diff", "welch_p", "tost_p",
+            "verdict", "power", "n_for_80", "peer_wall_s", "clrepro_wall_s", "speedup")) + " |")
+    if code_rows:
+        out += ["", "Metric code on the same files (the peer's matrices scored by the peer and by clrepro):", "",
+                "| peer | pair | metric | files | max abs diff |", "|---|---|---|---|---|"]
+        out += [f"| {r['peer']} | {r['pair']} | {r['metric']} | {r['files']} | {r['max_abs_diff']:.2e} |"
+                for r in code_rows]
+    out += ["", "Environments:", ""]
+    for name, env in envs.items():
+        if env:
+            v = env.get("versions", {})
+            out.append(f"- {name}: {env.get('tool')} {v.get(env.get('tool'), env.get('version', ''))}, python "
+                       f"{env.get('python')}, torch {env.get('torch')}, threads {env.get('threads')}, {env.get('cpu')}")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", required=True, type=Path, help="the runs folder (<runs>/<peer>/<pair>/<tool>/seed<k>)")
+    ap.add_argument("--pairs", nargs="+", type=Path, default=sorted((HERE / "pairs").glob("*.yaml")))
+    ap.add_argument("--only", nargs="*", default=None, help="peer/pair ids to include")
+    ap.add_argument("--margin", type=float, default=1.0)
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args()
+    rows, code_rows, envs = [], [], {}
+    for pf in args.pairs:
+        spec = load_pairs(pf)
+        peer = spec["peer"]
+        for pid in spec["pairs"]:
+            if args.only and f"{peer}/{pid}" not in args.only and peer not in args.only:
+                continue
+            pair = resolve(pf, pid)
+            rows += pair_rows(peer, pair, args.runs, args.margin)
+            code_rows += metric_code_rows(peer, pair, args.runs)
+        envs[peer] = env_line(args.runs / peer)
+        for tool_env in sorted((args.runs / peer).glob(f"*/{peer}/env.json"))[:1]:
+            envs[peer] = json.loads(tool_env.read_text())
+        for tool_env in sorted((args.runs / peer).glob("*/clrepro/env.json"))[:1]:
+            envs["clrepro"] = json.loads(tool_env.read_text())
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "parity.md").write_text(markdown(rows, code_rows, args.margin, envs))
+    keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
+    with open(args.out / "parity.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    (args.out / "environments.json").write_text(json.dumps(envs, indent=2))
+    print((args.out / "parity.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
