@@ -116,3 +116,37 @@ def test_fgadahat_accumulates_importance_over_tasks(tiny, measure):
     assert I1.shape == (64,) and (I1 >= 1e-8).all() and I1.max() <= 1 + 1e-8  # normalised, + b_I
     expected = 2 * algo.importance_history[0]["fc1"] + algo.importance_history[1]["fc1"]  # add_all
     assert torch.allclose(algo.summed_importance["fc1"], expected)
+
+
+@pytest.mark.parametrize("measure", ["IG", "OG", "CU", "ICU", "AFI", "II"])
+def test_protected_shortcuts_leave_the_measures_on_the_block_convs(one_thread, measure):
+    """With protect_shortcuts, a downsampling block's 1x1 shortcut is protected under conv2's name; the measures
+    must still read conv2's own weights (regression: the shortcut overwrote them, CU/OG crashed on the shapes)."""
+    from clrepro.config.load import load_experiment
+
+    engine = Engine(load_experiment("hat_pmnist", [
+        "benchmark=pdigits", "benchmark.num_tasks=1", "algorithm=fgadahat", f"algorithm.importance_type={measure}",
+        "backbone=hat_resnet18", "backbone.protect_shortcuts=true"]))
+    algo, body = engine.algorithm, engine.algorithm.backbone.body
+    block = body.conv3x[0]                                       # 64 → 128 channels, stride 2: a 1x1 shortcut
+    assert block.shortcut is not None
+    assert any(mp.param is block.shortcut.weight for mp in algo.backbone.masked_parameters())  # it is protected
+    assert algo._weights["conv3x.0.conv2"] is block.conv2.weight
+    assert algo._modules_of["conv3x.0.conv2"] is block.conv2
+    assert algo._next["conv3x.0.conv1"] == "conv3x.0.conv2"
+    task = engine._task(1)
+    algo.setup_task(task, 1)
+    x, y = task.train.x[:8], task.train.y[:8]
+    from clrepro.algorithms.base import Batch, Step
+    step = Step(1, 0, 1, 2, 0)
+    loss = algo.training_loss(Batch(x, y, 1), step)
+    loss.backward()
+    u = algo.step_importance()
+    assert all(u[l].shape == (n,) and torch.isfinite(u[l]).all() for l, n in algo.masks.layer_units.items())
+    if measure == "OG":  # conv3x.0.conv1's units are the inputs of conv2 (3x3, 128 → 128), not of the shortcut
+        expected = block.conv2.weight.grad.abs().transpose(0, 1).reshape(128, -1).sum(1)
+        assert torch.allclose(u["conv3x.0.conv1"], expected)
+    if measure == "ICU":
+        w = block.conv2.weight.detach().abs().reshape(128, -1).sum(1)
+        act = algo.backbone.activations["conv3x.0.conv2"].abs().transpose(0, 1).reshape(128, -1).mean(1)
+        assert torch.allclose(u["conv3x.0.conv2"], w * act)

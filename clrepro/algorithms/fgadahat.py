@@ -67,13 +67,15 @@ class FGAdaHAT(AdaHAT):
     def __init__(self, backbone, heads, cfg: FGAdaHATConfig, num_tasks: int) -> None:
         super().__init__(backbone, heads, cfg, num_tasks)
         self.measure = imp.measure(cfg.importance_type)
-        params = list(backbone.masked_parameters())
-        self._weights = {mp.layer: mp.param for mp in params if mp.kind == "weight"}
+        # Each layer's own weight: a protected shortcut shares its block's conv2 layer name (B9) and must not
+        # stand in for conv2 here, or the measures would read the 1x1 shortcut's weights.
+        own = backbone.layer_weights()
+        self._weights = {layer: mp.param for layer, mp in own.items()}
         owner = {id(m.weight): m for m in backbone.modules() if isinstance(getattr(m, "weight", None), nn.Parameter)}
         self._modules_of = {layer: owner[id(w)] for layer, w in self._weights.items()}
-        self._next = {}
-        for mp in params:
-            if mp.kind == "weight" and mp.prev is not None and mp.prev not in self._next:
+        self._next = {}  # the next layer along the main path (the one whose input units are this layer's)
+        for mp in own.values():
+            if mp.prev is not None and mp.prev not in self._next:
                 self._next[mp.prev] = mp.layer
         self.summed_importance = {l: torch.zeros(n) for l, n in self.masks.layer_units.items()}  # S_I = I^{<t}
         self.importance_history: list[dict[str, torch.Tensor]] = []

@@ -27,6 +27,7 @@ class MaskedParam:
     layer: str
     prev: str | None
     kind: str  # "weight" or "bias"
+    shortcut: bool = False  # a 1x1 shortcut conv protected under its block's conv2 units (B9 fix); not the layer's own
 
 
 class MaskedBackbone(Backbone):
@@ -47,6 +48,10 @@ class MaskedBackbone(Backbone):
 
     def masked_parameters(self) -> Iterator[MaskedParam]:
         raise NotImplementedError
+
+    def layer_weights(self) -> dict[str, MaskedParam]:
+        """Each weighted layer's own weight (never a shortcut protected under the same layer name)."""
+        return {mp.layer: mp for mp in self.masked_parameters() if mp.kind == "weight" and not mp.shortcut}
 
     def _record(self, layer: str, h: torch.Tensor) -> None:
         if self.record_activations:

@@ -145,7 +145,7 @@ class HATMaskResNet18(MaskedBackbone):
             yield MaskedParam(f"body.{name}.conv2.weight", block.conv2.weight, block.name2, block.name1, "weight")
             if self.cfg.protect_shortcuts and block.shortcut is not None:
                 yield MaskedParam(f"body.{name}.shortcut.weight", block.shortcut.weight, block.name2, block.prev,
-                                  "weight")
+                                  "weight", shortcut=True)
 
     def forward(self, x: torch.Tensor, mask: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         return self.body(x, mask, self._record)
