@@ -70,7 +70,7 @@ def test_hat_stores_binary_masks_and_reports_capacity(tiny, tmp_path):
     assert sorted(masks.task_masks) == [1, 2, 3]
     for m in masks.task_masks[2].values():
         assert set(m.unique().tolist()) <= {0.0, 1.0}
-    caps = [e["capacity/all"] for e in result.task_extras]
+    caps = [e["mask_capacity/all"] for e in result.task_extras]
     assert caps == sorted(caps) and 0 < caps[0] <= caps[-1] <= 1  # capacity only grows
     from clrepro.tracking.plots import mask_capacity
 
@@ -89,3 +89,21 @@ def test_original_hat_safeguards_clamp_embeddings(tiny):
     engine.run()
     for e in engine.algorithm.masks.embeddings.values():
         assert e.abs().max() <= 6.0
+
+
+def test_network_capacity_is_the_mean_adjustment_rate(tiny, one_thread, tmp_path):
+    """The reference's network capacity (mean of a over every masked parameter) beside the mask capacity."""
+    engine = Engine(tiny("hat_pmnist", "benchmark.num_tasks=2"))
+    result = engine.run()
+    first, second = result.task_extras
+    assert first["network_capacity"] == 1.0 and first["network_capacity/end"] == 1.0  # nothing protected yet
+    M = engine.algorithm.masks.task_masks[1]
+    P = [M["fc1"][:, None].expand(64, 64), M["fc1"],                          # weights (out, in) and biases
+         torch.minimum(M["fc2"][:, None], M["fc1"][None, :]), M["fc2"]]
+    expected = sum(float((1 - p).sum()) for p in P) / sum(p.numel() for p in P)
+    assert second["network_capacity"] == pytest.approx(expected, rel=1e-6)      # a = 1 − P, fixed over the task
+    assert second["network_capacity/end"] == pytest.approx(expected, rel=1e-6)
+    assert expected < 1 and second["mask_capacity/all"] > 0                      # two different quantities
+    from clrepro.tracking.plots import network_capacity
+
+    assert network_capacity(result.task_extras, tmp_path / "net.png").stat().st_size > 1000

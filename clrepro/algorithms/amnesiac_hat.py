@@ -11,7 +11,7 @@ from torch import nn
 from clrepro.algorithms.adahat import RATES, AdaHAT, AdaHATConfig
 from clrepro.algorithms.base import Batch, Step
 from clrepro.algorithms.buffer import Replay, ReservoirBuffer
-from clrepro.algorithms.hat import HAT, free_units, mask_sparsity
+from clrepro.algorithms.hat import HAT, free_units, mask_capacity, mask_sparsity
 from clrepro.algorithms.records import UpdateRecords
 from clrepro.backbones.masks import parameter_wise
 from clrepro.config.hparams import hp
@@ -411,10 +411,8 @@ class AmnesiacHAT(AdaHAT):
 
     # ----- reporting -------------------------------------------------------------------------------
     def extra_metrics(self) -> dict[str, float]:
-        """Mask capacity of the units held now, the update records' size and the buffer's fill."""
-        held = self.masks.cumulative(self._protected_tasks())
-        out = {f"capacity/{l}": float(m.mean()) for l, m in held.items()}
-        out["capacity/all"] = sum(float(m.sum()) for m in held.values()) / sum(m.numel() for m in held.values())
+        """Mask capacity of the units held now, network capacity, the update records' size and the buffer's fill."""
+        out = {**mask_capacity(self.masks.cumulative(self._protected_tasks())), **self.network_capacity()}
         if self.records is not None and self.records.records:
             stored = sum(self.records.stored_numel(k) for k in self.records.records)
             dense = sum(self.records.dense_numel(k) for k in self.records.records)

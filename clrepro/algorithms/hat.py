@@ -88,6 +88,7 @@ class HAT(CLAlgorithm):
         super().setup_task(task, num_batches)
         self.masks.reset_embeddings(self.cfg.task_embedding_init_mode)
         self.used = self.masks.cumulative()  # M^{<t}
+        self._capacity_steps = 0
         self._free, self._free_count = free_units(self.used)
         self.prepare_adjustment()
 
@@ -102,6 +103,15 @@ class HAT(CLAlgorithm):
 
     def end_task(self, task):
         self.masks.store(task.id)  # M^t = 1[e > 0]
+
+    def _track_network_capacity(self, adjustment: list[tuple[torch.nn.Parameter, torch.Tensor]]) -> None:
+        """The reference's network capacity: the mean adjustment rate a over every masked parameter, per step
+        (the AdaHAT paper's Sec. 4.1 metric); summed on the device, read once per task."""
+        total = torch.stack([a.sum() for _, a in adjustment]).sum()
+        self._capacity_sum = total if self._capacity_steps == 0 else self._capacity_sum + total
+        self._capacity_last = total
+        self._capacity_steps += 1
+        self._capacity_numel = sum(a.numel() for _, a in adjustment)
 
     # ----- training step ---------------------------------------------------------------------------
     def scale(self, step: Step) -> float:
@@ -123,9 +133,11 @@ class HAT(CLAlgorithm):
 
     @torch.no_grad()
     def after_backward(self, step: Step) -> None:
-        for p, a in self.adjustment():  # Eq. 2: g ← a ⊙ g
+        adjustment = self.adjustment()
+        for p, a in adjustment:  # Eq. 2: g ← a ⊙ g
             if p.grad is not None:
                 p.grad.mul_(a)
+        self._track_network_capacity(adjustment)
         self.compensate_embeddings()
         if self.cfg.original_hat_safeguards:
             torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), CLIPGRAD)
@@ -158,9 +170,22 @@ class HAT(CLAlgorithm):
         return self.heads(self.backbone(x, self.stage_mask(task_id, stage, step)), task_id)
 
     def extra_metrics(self) -> dict[str, float]:
-        """Mask capacity: per layer, the fraction of units used by any task so far."""
-        used = self.masks.cumulative()
-        out = {f"capacity/{l}": float(m.mean()) for l, m in used.items()}
-        total = sum(float(m.sum()) for m in used.values())
-        out["capacity/all"] = total / sum(m.numel() for m in used.values())
-        return out
+        """Mask capacity (per layer and overall, the fraction of units any task uses so far) and network capacity."""
+        return {**mask_capacity(self.masks.cumulative()), **self.network_capacity()}
+
+    def network_capacity(self) -> dict[str, float]:
+        """The task's network capacity (mean adjustment rate over all masked parameters): its mean over the
+        task's training steps and its value at the last step; empty for a task that did not train."""
+        steps = getattr(self, "_capacity_steps", 0)
+        if not steps:
+            return {}
+        n = self._capacity_numel
+        return {"network_capacity": float(self._capacity_sum) / (steps * n),
+                "network_capacity/end": float(self._capacity_last) / n}
+
+
+def mask_capacity(used: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per layer, the fraction of units marked used, and over all layers (`mask_capacity/all`)."""
+    out = {f"mask_capacity/{l}": float(m.mean()) for l, m in used.items()}
+    out["mask_capacity/all"] = sum(float(m.sum()) for m in used.values()) / sum(m.numel() for m in used.values())
+    return out

@@ -152,7 +152,7 @@ def write_run_folder(result: ExperimentResult, out: Path, seed: int) -> Path:
     import yaml
 
     from clrepro.tracking.manifest import manifest
-    from clrepro.tracking.plots import accuracy_heatmap, mask_capacity, task_curves
+    from clrepro.tracking.plots import accuracy_heatmap, mask_capacity, network_capacity, task_curves
 
     out.mkdir(parents=True, exist_ok=True)
     main = result.main
@@ -180,5 +180,6 @@ def write_run_folder(result: ExperimentResult, out: Path, seed: int) -> Path:
     accuracy_heatmap(main.acc, out / "acc_matrix.png", f"{result.config.get('name', '')} (seed {seed})")
     task_curves(main.acc, out / "task_curves.png", f"{result.config.get('name', '')} (seed {seed})")
     mask_capacity(main.task_extras, out / "mask_capacity.png", f"{result.config.get('name', '')} (seed {seed})")
+    network_capacity(main.task_extras, out / "network_capacity.png", f"{result.config.get('name', '')} (seed {seed})")
     result.out_dir = out
     return out

@@ -60,20 +60,42 @@ def task_curves(acc: np.ndarray, path: Path, title: str = "") -> Path:
 
 def mask_capacity(task_extras: list[dict], path: Path, title: str = "") -> Path | None:
     """Per layer, the fraction of units used by any task after each task (HAT-family masks)."""
-    layers = sorted({k.split("/", 1)[1] for e in task_extras for k in e if k.startswith("capacity/")} - {"all"})
+    layers = sorted({k.split("/", 1)[1] for e in task_extras for k in e if k.startswith("mask_capacity/")} - {"all"})
     if not layers:
         return None
     fig = _figure(6, 3.5)
     ax = fig.add_axes((0.1, 0.14, 0.86, 0.76))
     x = np.arange(1, len(task_extras) + 1)
     for layer in layers:
-        ax.plot(x, [e.get(f"capacity/{layer}", np.nan) for e in task_extras], marker=".", label=layer)
-    ax.plot(x, [e.get("capacity/all", np.nan) for e in task_extras], color="black", linewidth=2.5, label="all")
+        ax.plot(x, [e.get(f"mask_capacity/{layer}", np.nan) for e in task_extras], marker=".", label=layer)
+    ax.plot(x, [e.get("mask_capacity/all", np.nan) for e in task_extras], color="black", linewidth=2.5, label="all")
     ax.set_ylim(0, 1.02)
     ax.set_xticks(x)
     ax.set_xlabel("after training task N")
     ax.set_ylabel("units used by any task")
     ax.set_title(title or "mask capacity", fontsize=9)
     ax.legend(fontsize=6, loc="lower right")
+    fig.savefig(path)
+    return path
+
+
+def network_capacity(task_extras: list[dict], path: Path, title: str = "") -> Path | None:
+    """The reference's network capacity per task: the mean gradient adjustment rate over all masked parameters
+    (1 = every parameter free to learn, 0 = all frozen), averaged over the task's steps and at its last step."""
+    if not any("network_capacity" in e for e in task_extras):
+        return None
+    fig = _figure(6, 3.5)
+    ax = fig.add_axes((0.1, 0.14, 0.86, 0.76))
+    x = np.arange(1, len(task_extras) + 1)
+    ax.plot(x, [e.get("network_capacity", np.nan) for e in task_extras], color="black", marker="o",
+            linewidth=2, label="mean over the task's steps")
+    ax.plot(x, [e.get("network_capacity/end", np.nan) for e in task_extras], color="tab:red", marker=".",
+            linestyle="--", label="at the task's last step")
+    ax.set_ylim(0, 1.02)
+    ax.set_xticks(x)
+    ax.set_xlabel("training task N")
+    ax.set_ylabel("mean adjustment rate a")
+    ax.set_title(title or "network capacity", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
     fig.savefig(path)
     return path
