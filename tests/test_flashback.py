@@ -11,8 +11,8 @@ from clrepro.config.load import load_experiment
 from clrepro.engine.loop import Engine
 from clrepro.errors import ConfigError
 
-TINY = ["benchmark=pdigits", "benchmark.num_tasks=3", "backbone.hidden=[32,16]", "trainer.epochs=2",
-        "trainer.batch_size=32", "metrics=[AA]"]
+TINY = ["benchmark=pdigits", "benchmark.num_tasks=3", "backbone.hidden=[32,16]", "backbone.batch_norm=false",
+        "trainer.epochs=2", "trainer.batch_size=32", "metrics=[AA]"]
 
 
 def flashback(*overrides):

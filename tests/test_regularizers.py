@@ -362,8 +362,8 @@ def test_linear_layer_fast_path_equals_the_vmap_estimator(estimator):
     from clrepro.engine.loop import Engine
 
     eng = Engine(load_experiment("finetuning_pmnist", ["benchmark=pdigits", "benchmark.num_tasks=2",
-                                                       "backbone.hidden=[16,8]", "algorithm=online_ewc",
-                                                       "scenario=DIL"]))
+                                                       "backbone.hidden=[16,8]", "backbone.batch_norm=false",
+                                                       "algorithm=online_ewc", "scenario=DIL"]))
     algo = eng.algorithm
     task = eng._task(1)
     algo.setup_task(task, 1)

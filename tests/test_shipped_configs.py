@@ -33,3 +33,17 @@ def test_table_specs_validate(path):
 
     spec = load_table(path)
     assert spec.rows and spec.columns
+
+
+def test_paper_baselines_run_on_the_reference_batch_norm_mlp():
+    """The FG-AdaHAT/AdaHAT papers' Finetuning and LwF rows used the reference's CLMLP with BatchNorm shared by all
+    tasks; their references (independent, joint, random) are derived from the same backbone."""
+    from clrepro.config.load import load_experiment
+    from clrepro.engine.references import reference_config
+
+    for name in ("finetuning_pmnist", "lwf_pmnist", "finetuning_pmnist20", "lwf_pmnist20"):
+        cfg = load_experiment(name)
+        assert cfg.backbone["name"] == "mlp" and cfg.backbone["batch_norm"] is True, name
+        for kind in ("independent", "joint", "random"):
+            assert reference_config(cfg, kind).backbone["batch_norm"] is True
+    assert load_experiment("finetuning_pmnist", ["backbone=mlp"]).backbone["batch_norm"] is False  # the named option
