@@ -47,3 +47,17 @@ def test_paper_baselines_run_on_the_reference_batch_norm_mlp():
         for kind in ("independent", "joint", "random"):
             assert reference_config(cfg, kind).backbone["batch_norm"] is True
     assert load_experiment("finetuning_pmnist", ["backbone=mlp"]).backbone["batch_norm"] is False  # the named option
+
+
+def test_fg_adahat_published_rows_run_the_papers_fixed_configs():
+    """Rows beside published numbers come from the paper's configs on seeds 1..10; tuned rows are labelled."""
+    from clrepro.tables.spec import load_table
+
+    spec = load_table("paper_tables/fg_adahat.yaml")
+    for row in spec.rows:
+        for cell in row.runs.values():
+            if "tuned" in row.label:
+                assert cell.sweep is not None
+            else:
+                assert cell.experiment is not None and list(cell.seeds) == list(range(1, 11)), row.label
+    assert {"HAT (tuned)", "AdaHAT (tuned)"} <= {r.label for r in spec.rows}
