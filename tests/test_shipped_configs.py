@@ -61,3 +61,17 @@ def test_fg_adahat_published_rows_run_the_papers_fixed_configs():
             else:
                 assert cell.experiment is not None and list(cell.seeds) == list(range(1, 11)), row.label
     assert {"HAT (tuned)", "AdaHAT (tuned)"} <= {r.label for r in spec.rows}
+
+
+def test_adahat_paper_baselines_carry_the_papers_weight_decay():
+    """The AdaHAT paper's non-HAT baselines use Adam with weight_decay 3.5e-4; its HAT family uses none."""
+    from clrepro.config.load import experiment_names, load_experiment
+
+    names = [n for n in experiment_names() if n.startswith("adahat_paper/")]
+    assert len(names) == 10
+    for name in names:
+        cfg = load_experiment(name)
+        hat_family = cfg.algorithm["name"] in ("hat", "adahat")
+        assert cfg.optimizer.weight_decay == (0.0 if hat_family else 3.5e-4), name
+        assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.trainer.epochs, cfg.trainer.batch_size) == ("adam", 1e-3, 2, 128)
+        assert cfg.backbone["batch_norm"] is (not hat_family), name
