@@ -22,7 +22,7 @@ def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["run", "nope"], "experiment: unknown experiment 'nope' (allowed: adahat_pmnist, "),
+    (["run", "nope"], "experiment: unknown experiment 'nope' (allowed: adahat_paper/adahat_pmnist20, "),
     (["run", "hat_pmnist", "algorithm=sgdx"], "algorithm: unknown option 'sgdx' (allowed: "),
     (["run", "hat_pmnist", "algorithm.s_maxx=3"], "algorithm.s_maxx: unknown key"),
     (["run", "hat_pmnist", "+algorithm.s_maxx=3"], "algorithm.s_maxx: unknown key (allowed: adjustment_mode, "),
