@@ -20,12 +20,89 @@ class DERConfig:
     distillation_reg_factor: float = hp(1.0, low=0.0, symbol="alpha_D", doc="weight of the logit replay (MSE) term")
     paper_variants: bool = hp(False, doc="DER paper instead of the reference: MSE summed over logit dims, and "
                                          "DER++ draws a second independent replay batch for its CE term", bug="A5")
+    buffer_policy: str = hp("reservoir", choices=("reservoir", "class_balanced_task_end"),
+                            doc="reservoir: every training batch is offered to a reservoir with this step's logits, "
+                                "replay drawn with replacement (reference); class_balanced_task_end: after each task "
+                                "its whole training set joins the buffer with logits of one eval-mode pass, K split "
+                                "evenly over the classes seen, each class a uniform random subset of its examples so "
+                                "far, replayed in reshuffled passes without replacement once it holds a full batch "
+                                "(Avalanche's DER)")
 
 
 @dataclass
 class DERppConfig(DERConfig):
     distillation_reg_factor: float = hp(0.5, low=0.0, symbol="alpha_D", doc="weight of the logit replay (MSE) term")
     replay_ce_factor: float = hp(0.5, low=0.0, symbol="beta", doc="weight of the label replay (CE) term")
+
+
+class ClassBalancedTaskEndBuffer:
+    """The `class_balanced_task_end` memory: filled only at task ends, class-balanced, replayed without replacement.
+
+    Each example carries a U(0, 1) key drawn when it is offered; class c keeps the K_c examples with the largest
+    keys among all of its examples offered so far (a uniform random subset), K_c = K // C plus one for the first
+    K mod C classes in ascending class order, C the number of classes seen. Replay batches are consecutive
+    slices of a random permutation of the buffer; a slice shorter than the batch is skipped and a new
+    permutation drawn (a shuffled, drop_last loader cycled); none while the buffer holds less than a batch.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = int(capacity)
+        self.x = self.y = self.logits = self.task_id = self.key = None
+        self._perm: torch.Tensor | None = None
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return 0 if self.y is None else len(self.y)
+
+    @torch.no_grad()
+    def add_task(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, task_id: int) -> None:
+        key = torch.rand(len(y)).to(x.device)
+        tid = torch.full((len(y),), int(task_id), dtype=torch.long, device=x.device)
+        if self.y is not None:
+            width = max(logits.shape[1], self.logits.shape[1])
+            pad = lambda z: F.pad(z, (0, width - z.shape[1]))  # noqa: E731
+            x, y, tid = torch.cat([x, self.x]), torch.cat([y, self.y]), torch.cat([tid, self.task_id])
+            logits, key = torch.cat([pad(logits), pad(self.logits)]), torch.cat([key, self.key])
+        classes = torch.unique(y).tolist()
+        base, extra = divmod(self.capacity, len(classes))
+        keep = []
+        for i, c in enumerate(classes):
+            idx = (y == c).nonzero(as_tuple=True)[0]
+            order = key[idx].argsort(descending=True)
+            keep.append(idx[order[: base + (i < extra)]])
+        keep = torch.cat(keep)
+        self.x, self.y, self.logits, self.task_id, self.key = x[keep], y[keep], logits[keep], tid[keep], key[keep]
+        self._perm = None
+
+    def restart(self) -> None:
+        """A new replay loader (Avalanche builds one per task): the next batch starts a fresh permutation."""
+        self._perm = None
+
+    def sample(self, size: int) -> Replay | None:
+        n = len(self)
+        if n < size or size <= 0:
+            return None
+        if self._perm is None or self._pos + size > n:
+            self._perm, self._pos = torch.randperm(n).to(self.y.device), 0
+        pick = self._perm[self._pos:self._pos + size]
+        self._pos += size
+        return Replay(self.x[pick], self.y[pick], self.logits[pick], self.task_id[pick], pick)
+
+    @torch.no_grad()
+    def delete_task(self, task_id: int) -> None:
+        if self.y is not None:
+            keep = (self.task_id != task_id).nonzero(as_tuple=True)[0]
+            self.x, self.y, self.logits, self.task_id, self.key = (
+                t[keep] for t in (self.x, self.y, self.logits, self.task_id, self.key))
+            self._perm = None
+
+    def apply(self, fn) -> "ClassBalancedTaskEndBuffer":
+        for name in ("x", "y", "logits", "task_id", "key"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, fn(t))
+        self._perm = None
+        return self
 
 
 @ALGORITHMS.register("der")
@@ -40,6 +117,9 @@ class DER(CLAlgorithm):
 
     Student stage (A5): DER runs the replay forward in "test" stage, here the backbone in eval mode
     (dropout off, BN on running statistics); DER++ in "train" stage. This matters only with dropout or BN.
+
+    `buffer_policy=class_balanced_task_end` replaces the reservoir by ClassBalancedTaskEndBuffer: nothing is
+    stored during training; after each task its training set and its eval-mode logits are offered at once.
     """
 
     Config = DERConfig
@@ -49,7 +129,8 @@ class DER(CLAlgorithm):
 
     def __init__(self, backbone, heads, cfg: DERConfig, num_tasks: int) -> None:
         super().__init__(backbone, heads, cfg, num_tasks)
-        self.buffer = ReservoirBuffer(cfg.buffer_size)
+        self.task_end = cfg.buffer_policy == "class_balanced_task_end"
+        self.buffer = ClassBalancedTaskEndBuffer(cfg.buffer_size) if self.task_end else ReservoirBuffer(cfg.buffer_size)
         self._pending: tuple | None = None
         self._width_of = torch.zeros(0, dtype=torch.long)  # task → width of the logits stored for it
 
@@ -61,6 +142,25 @@ class DER(CLAlgorithm):
         for k in self.seen_tasks:
             widths[k] = self.heads.label_offset(k) + self.heads.head(k).out_features
         self._width_of = widths.to(self._width_of.device)
+        if self.task_end:
+            self.buffer.restart()
+
+    @torch.no_grad()
+    def end_task(self, task):
+        """class_balanced_task_end: the task's training set joins the buffer with one eval-mode pass's logits."""
+        super().end_task(task)
+        if not self.task_end:
+            return
+        was_training = self.training
+        self.eval()
+        try:
+            x = task.train.x
+            y = task.train.y + self.heads.label_offset(task.id)
+            bs = 4096
+            logits = torch.cat([self.forward(x[i:i + bs], task.id, "test") for i in range(0, len(x), bs)])
+        finally:
+            self.train(was_training)
+        self.buffer.add_task(x, y, logits.detach(), task.id)
 
     # ----- training step ---------------------------------------------------------------------------
     def training_loss(self, batch: Batch, step: Step) -> torch.Tensor:
@@ -88,10 +188,16 @@ class DER(CLAlgorithm):
     # ----- pieces ------------------------------------------------------------------------------------
     def remember(self, batch: Batch, logits: torch.Tensor) -> None:
         """Queue the current batch and its logits (detached) for the buffer, added after the optimizer step."""
-        self._pending = (batch.x, batch.y, logits.detach(), batch.task_id)
+        if not self.task_end:  # class_balanced_task_end stores at the task's end instead
+            self._pending = (batch.x, batch.y, logits.detach(), batch.task_id)
 
     def replay_batch(self, size: int) -> Replay | None:
-        """Up to `size` entries drawn with replacement from the earlier tasks' entries; None if there are none."""
+        """Up to `size` entries drawn with replacement from the earlier tasks' entries; None if there are none.
+
+        class_balanced_task_end: the next `size` entries of the buffer's current pass (it holds earlier tasks only).
+        """
+        if self.task_end:
+            return self.buffer.sample(size)
         earlier = [k for k in self.seen_tasks if k != self.task_id]
         return self.buffer.sample(size, earlier) if earlier else None
 

@@ -20,18 +20,31 @@ class LwFConfig:
                                         doc="weight of each earlier task's distillation term")
     distillation_reg_temperature: float = hp(2.0, low=0.0, low_open=True, symbol="T",
                                              doc="temperature of the distillation")
+    teachers: str = hp("per_task", choices=("per_task", "latest"),
+                       doc="per_task: a frozen copy after each task τ distils head τ (reference, O(T) memory); "
+                           "latest: one frozen copy of the whole model after the latest task distils every earlier "
+                           "head, each distinct head once (Li & Hoiem's θ_o, Avalanche's LwF)")
+    train_old_heads: bool = hp(False, doc="let the distillation's gradient reach the earlier heads (Li & Hoiem jointly "
+                                          "optimise θ_o; Avalanche); false: they are detached (reference)")
+    log_epsilon: float = hp(1e-5, low=0.0, symbol="ε",
+                            doc="KD_T's log(p'_student + ε) (reference 1e-5); 0: the exact log-softmax (a KL's "
+                                "gradient, as Avalanche's kl_div)")
 
 
-def lwf_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def lwf_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                     log_epsilon: float = 1e-5) -> torch.Tensor:
     """KD_T of LwF Eq. 2–3 (Li & Hoiem) as the reference computes it.
 
-    p = softmax(z); p' = p^{1/T} / Σ_c p^{1/T}; KD_T = −mean_batch Σ_c p'_teacher,c · log(p'_student,c + 1e-5).
+    p = softmax(z); p' = p^{1/T} / Σ_c p^{1/T}; KD_T = −mean_batch Σ_c p'_teacher,c · log(p'_student,c + ε), ε = 1e-5.
+    With ε = 0 the log is log_softmax(z_student / T) (p' = softmax(z / T)), which has KL(p'_t ‖ p'_s)'s gradient.
     """
-    p_s = F.softmax(student_logits, dim=1).pow(1 / temperature)
-    p_s = p_s / p_s.sum(1, keepdim=True)
     p_t = F.softmax(teacher_logits, dim=1).pow(1 / temperature)
     p_t = p_t / p_t.sum(1, keepdim=True)
-    return -(p_t * torch.log(p_s + 1e-5)).sum(1).mean()
+    if log_epsilon == 0:
+        return -(p_t * F.log_softmax(student_logits / temperature, dim=1)).sum(1).mean()
+    p_s = F.softmax(student_logits, dim=1).pow(1 / temperature)
+    p_s = p_s / p_s.sum(1, keepdim=True)
+    return -(p_t * torch.log(p_s + log_epsilon)).sum(1).mean()
 
 
 @ALGORITHMS.register("lwf")
@@ -41,6 +54,8 @@ class LwF(CLAlgorithm):
     After task τ a frozen eval-mode copy of the backbone is kept as teacher_τ (DIL: of the shared head
     too), one per task, as the reference does (O(T) memory). student_τ runs the current backbone on the
     current task's x through head τ with detached weights, so the old heads get no gradient from it.
+    `teachers=latest` keeps only the model after the latest task (backbone and all heads) and distils each
+    distinct earlier head from it; `train_old_heads` lets the old heads learn from the distillation.
     """
 
     Config = LwFConfig
@@ -53,6 +68,10 @@ class LwF(CLAlgorithm):
         self.teacher_heads = nn.ModuleDict()  # str(τ) → frozen shared head after task τ (DIL only)
 
     def end_task(self, task):
+        if self.cfg.teachers == "latest":  # one previous model: its backbone and all its heads
+            self.teachers["latest"] = copy.deepcopy(self.backbone).eval().requires_grad_(False)
+            self.teacher_heads["latest"] = copy.deepcopy(self.heads).eval().requires_grad_(False)
+            return
         key = str(task.id)
         self.teachers[key] = copy.deepcopy(self.backbone).eval().requires_grad_(False)
         if self.heads.scenario == "DIL":
@@ -74,6 +93,8 @@ class LwF(CLAlgorithm):
     def stability_loss(self, batch: Batch, step: Step | None = None) -> torch.Tensor:
         """Σ_{τ<t} λ · KD_T(student_τ, teacher_τ) on the current batch; 0 while no earlier teacher exists."""
         cfg = self.cfg
+        if cfg.teachers == "latest":
+            return self._latest_teacher_loss(batch)
         earlier = [k for k in self.teachers if int(k) != self.task_id]
         if not earlier:
             return batch.x.new_zeros(())
@@ -81,16 +102,50 @@ class LwF(CLAlgorithm):
         loss = batch.x.new_zeros(())
         for key in earlier:
             head = self.heads.head(int(key))
-            bias = None if head.bias is None else head.bias.detach()
-            student = F.linear(features, head.weight.detach(), bias)  # old head not updated by distillation
+            student = self._student(features, head)
             with torch.no_grad():
                 teacher_head = self.teacher_heads[key] if key in self.teacher_heads else head
                 teacher = teacher_head(self.teachers[key](batch.x))
             loss = loss + cfg.distillation_reg_factor * lwf_distillation(student, teacher,
-                                                                        cfg.distillation_reg_temperature)
+                                                                        cfg.distillation_reg_temperature,
+                                                                        cfg.log_epsilon)
+        return loss
+
+    def _student(self, features: torch.Tensor, head: nn.Linear) -> torch.Tensor:
+        """Head τ on the current features; its weights detached unless `train_old_heads`."""
+        if self.cfg.train_old_heads:
+            return head(features)
+        bias = None if head.bias is None else head.bias.detach()
+        return F.linear(features, head.weight.detach(), bias)  # old head not updated by distillation
+
+    def _latest_teacher_loss(self, batch: Batch) -> torch.Tensor:
+        """Σ over the distinct heads of earlier tasks of λ·KD_T(current model, model after the latest task)."""
+        cfg = self.cfg
+        if "latest" not in self.teachers:
+            return batch.x.new_zeros(())
+        heads, seen = [], set()  # DIL: the one shared head, distilled once
+        for tau in self.seen_tasks:
+            head = self.heads.head(tau)
+            if tau != self.task_id and id(head) not in seen and tau in self.teacher_heads["latest"].offsets:
+                seen.add(id(head))
+                heads.append(tau)
+        if not heads:
+            return batch.x.new_zeros(())
+        features = self.backbone(batch.x)
+        with torch.no_grad():
+            teacher_features = self.teachers["latest"](batch.x)
+        loss = batch.x.new_zeros(())
+        for tau in heads:
+            student = self._student(features, self.heads.head(tau))
+            with torch.no_grad():
+                teacher = self.teacher_heads["latest"].head(tau)(teacher_features)
+            loss = loss + cfg.distillation_reg_factor * lwf_distillation(student, teacher,
+                                                                        cfg.distillation_reg_temperature,
+                                                                        cfg.log_epsilon)
         return loss
 
     def forget(self, task_ids: list[int]) -> None:
+        """Drop teacher u (per_task; the latest teacher mixes every task and is kept)."""
         for u in task_ids:
             for store in (self.teachers, self.teacher_heads):
                 if str(u) in store:

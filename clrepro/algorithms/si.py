@@ -17,6 +17,10 @@ class SIConfig:
                                                 "1.0 on split MNIST)")
     epsilon: float = hp(0.1, low=0.0, low_open=True, symbol="ξ",
                         doc="damping: keeps ω bounded when a parameter barely moved (van de Ven's default)")
+    omega_max: float | None = hp(None, symbol="ω_max",
+                                 doc="clamp the penalty's ω from above after each task: ω = min(Σ_τ W_τ/(Δθ_τ²+ξ), "
+                                     "ω_max), the unclamped sum kept for the next task (Avalanche's SI clamps at "
+                                     "0.001); null: no clamp (Zenke et al., van de Ven)")
 
 
 @ALGORITHMS.register("si")
@@ -38,13 +42,19 @@ class SI(ParameterRegularization):
 
     @torch.no_grad()
     def estimate_importance(self, dataset: TaskData, prev_params: ParamDict, device) -> dict:
-        """ω ← ω + W / (Δθ² + ξ) with Δθ = θ(end) − θ(start) over the task (Zenke et al. Eq. 5)."""
-        omega = ParamDict(self._custom_importance or {})
+        """ω ← ω + W / (Δθ² + ξ) with Δθ = θ(end) − θ(start) over the task (Zenke et al. Eq. 5).
+
+        With `omega_max` the penalty gets min(ω, ω_max) while the unclamped ω accumulates on.
+        """
+        omega = ParamDict(getattr(self, "_omega_sum", None) or self._custom_importance or {})
         for n, p in self.named_regularized_parameters():
             delta = p - prev_params[n]
             omega_add = self._custom_W[n] / (delta.pow(2) + self.epsilon)
             omega[n] = omega[n] + omega_add if n in omega else omega_add
-        return omega
+        if self.cfg.omega_max is None:
+            return omega
+        self._omega_sum = omega
+        return ParamDict({n: w.clamp(max=self.cfg.omega_max) for n, w in omega.items()})
 
     def compute_regularization_loss(self, importance: ParamDict, prev_params: ParamDict) -> torch.Tensor:
         """Σ_i ω_i (θ_i − θ*_i)² (Zenke et al. Eq. 4, without c)."""
