@@ -18,7 +18,15 @@ def experiment_identity(sel: Selector) -> tuple[str, str]:
 
 
 def produce_missing(spec: TableSpec, reader: RunReader, log=print) -> int:
-    """Run every sweep or experiment seed the table lacks; returns how many runs were produced."""
+    """Run every sweep or experiment seed the table lacks; returns how many runs were produced.
+
+    Reference runs (independent, joint, random) are deterministic per reference config and seed, so rows that
+    share a backbone, optimizer and protocol compute each of them once (a cache for this call only)."""
+    with tempfile.TemporaryDirectory(prefix="clrepro-refs-") as refs:
+        return _produce(spec, reader, log, refs)
+
+
+def _produce(spec: TableSpec, reader: RunReader, log, refs: str) -> int:
     made = 0
     done_sweeps: set[str] = set()
     for row in spec.rows:
@@ -40,15 +48,15 @@ def produce_missing(spec: TableSpec, reader: RunReader, log=print) -> int:
                 for seed in sel.seeds:
                     if seed not in have:
                         log(f"running {sel.experiment} seed {seed} for {row.label} / {bench}")
-                        run_experiment_seed(spec.tracking_uri, sel, seed)
+                        run_experiment_seed(spec.tracking_uri, sel, seed, refs)
                         made += 1
     return made
 
 
-def run_experiment_seed(tracking_uri: str, sel: Selector, seed: int) -> str:
+def run_experiment_seed(tracking_uri: str, sel: Selector, seed: int, reference_cache: str | None = None) -> str:
     """One seed of an experiment selector, logged as a seed run in the MLflow experiment 'table/<name>'."""
     from clrepro.config.load import load_experiment
-    from clrepro.engine.experiment import run_experiment
+    from clrepro.engine.experiment import ReferenceCache, run_experiment
     from clrepro.tracking.mlflow_store import GROUP, LEVEL, SEED, MlflowStore, absolute_tracking_uri
     from clrepro.tracking.runs import log_experiment_result, run_tags
 
@@ -58,7 +66,8 @@ def run_experiment_seed(tracking_uri: str, sel: Selector, seed: int) -> str:
     run_id = store.create_run(f"{cfg.name}-seed{seed}", {LEVEL: "seed", GROUP: "table", SEED: seed, **run_tags(cfg)})
     try:
         with tempfile.TemporaryDirectory() as d:
-            result = run_experiment(cfg, Path(d), seed=seed)
+            result = run_experiment(cfg, Path(d), seed=seed,
+                                    reference_cache=ReferenceCache(reference_cache) if reference_cache else None)
             log_experiment_result(store, run_id, result, Path(d))
         store.set_status(run_id, "FINISHED")
     except BaseException as e:
