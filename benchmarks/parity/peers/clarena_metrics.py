@@ -28,8 +28,12 @@ METRIC_CODE = ("AA: clarena.metrics.CLAccuracy average_accuracy (last row of acc
 
 def quiet() -> None:
     """CLArena's and Lightning's INFO logging and their warnings off (the results are unaffected)."""
+    import lightning  # noqa: F401  (creates its loggers, so that their levels can be set)
+
     warnings.filterwarnings("ignore")
-    for name in ("clarena", "lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+    prefixes = ("clarena", "lightning", "pytorch_lightning", "lightning_utilities", "lightning_fabric")
+    names = [n for n in logging.root.manager.loggerDict if n.startswith(prefixes)]
+    for name in (*prefixes, *names):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
