@@ -31,12 +31,12 @@ def load_pairs(path: str | Path) -> dict:
 
 
 def resolve(path: str | Path, pair: str) -> dict:
-    """One pair's settings, with `id`, `peer` and the seed list filled in."""
+    """One pair's settings, with `id`, `tool` (the peer's name) and the seed list filled in."""
     spec = load_pairs(path)
     if pair not in spec["pairs"]:
         raise SystemExit(f"{path}: unknown pair '{pair}' (allowed: {', '.join(spec['pairs'])})")
     out = _merge(spec.get("common") or {}, spec["pairs"][pair] or {})
-    out["id"], out["peer"] = pair, spec.get("peer")
+    out["id"], out["tool"] = pair, spec.get("peer")  # `peer` stays the merged peer settings
     s = out.get("seeds", {"first": 1, "count": 5})
     out["seed_list"] = list(s) if isinstance(s, list) else list(range(s["first"], s["first"] + s["count"]))
     return out
