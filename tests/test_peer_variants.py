@@ -268,3 +268,39 @@ def test_derpp_task_end_buffer_adds_beta_ce_on_the_same_replay_batch():
     hand = (F.cross_entropy(algo(x2, 2), y1[:4]) + 0.3 * F.mse_loss(out, r.logits[perm])
             + 0.7 * F.cross_entropy(out, r.y[perm]))
     assert loss.item() == pytest.approx(hand.item(), rel=1e-6)
+
+
+# ----- EWC / online EWC: fisher_order=by_class ---------------------------------------------------------------
+def test_ewc_by_class_fisher_uses_label_sorted_consecutive_batches():
+    from clrepro.algorithms.ewc import EWC, EWCConfig, fisher_pass
+    from clrepro.algorithms.regularization import TaskData
+
+    cfg = EWCConfig(when_calculate_fisher_information="train_end", fisher="batch", fisher_batch_size=2,
+                    fisher_order="by_class")
+    algo = EWC(Linear(1, 2), Heads("TIL", 2), cfg, 2)
+    algo.setup_task(make_task(1, torch.zeros(1, 1), torch.zeros(1, dtype=torch.long)), 1)
+    set_weight(algo, [[0.5], [-0.5]])
+    with torch.no_grad():
+        algo.heads.head(1).weight.copy_(torch.eye(2))
+        algo.heads.head(1).bias.zero_()
+    x = torch.tensor([[1.0], [2.0], [-1.0], [3.0], [0.5]])
+    y = torch.tensor([1, 0, 1, 0, 0])  # by class: x = 2, 3, 0.5 (label 0), then 1, -1 (label 1)
+    F_ = fisher_pass(algo, TaskData(x, y, 1), "batch", 2, "by_class")["backbone.lin.weight"]
+
+    def grad(xs, ys):  # ∂ mean CE / ∂W for logits (0.5x, −0.5x): (p − onehot)·x per sample, averaged
+        g = torch.zeros(2)
+        for xi, yi in zip(xs, ys):
+            z = torch.tensor([0.5 * xi, -0.5 * xi])
+            g += (torch.softmax(z, 0) - F.one_hot(torch.tensor(yi), 2).float()) * xi
+        return g / len(xs)
+
+    batches = [([2.0, 3.0], [0, 0]), ([0.5, 1.0], [0, 1]), ([-1.0], [1])]  # consecutive, the last one partial
+    hand = sum(len(b[0]) * grad(*b) ** 2 for b in batches) / 5
+    assert F_[:, 0].tolist() == pytest.approx(hand.tolist(), rel=1e-5)
+    algo.cfg.fisher_order = "shuffled"  # the default keeps the reference's shuffled, drop-last pass
+    torch.manual_seed(0)
+    keep = torch.randperm(5)[:4]
+    shuffled = sum(2 * grad(x[keep[i:i + 2], 0].tolist(), y[keep[i:i + 2]].tolist()) ** 2 for i in (0, 2)) / 4
+    torch.manual_seed(0)
+    F_s = fisher_pass(algo, TaskData(x, y, 1), "batch", 2)["backbone.lin.weight"]
+    assert F_s[:, 0].tolist() == pytest.approx(shuffled.tolist(), rel=1e-5)

@@ -30,16 +30,25 @@ class EWCConfig:
                          "per-sample empirical, exact, sampled (train_end only)")
     fisher_batch_size: int | None = hp(None, low=1, doc="batches of the train_end pass (default: the training "
                                                         "batch size; for per-sample estimators only memory)")
+    fisher_order: str = hp("shuffled", choices=("shuffled", "by_class"),
+                           doc="order of the train_end pass's batches for fisher=batch: shuffled (one pass of a "
+                               "shuffled loader, reference); by_class: the data sorted by label (stable), as "
+                               "Avalanche's unshuffled pass over its class-ordered experience datasets")
 
 
-def fisher_pass(model: ParameterRegularization, dataset: TaskData, estimator: str, batch_size: int) -> ParamDict:
+def fisher_pass(model: ParameterRegularization, dataset: TaskData, estimator: str, batch_size: int,
+                order: str = "shuffled") -> ParamDict:
     """F of the regularized parameters from one eval-mode pass over `dataset` with a named estimator.
 
     For `batch` the data are shuffled (torch's global RNG) and the last partial batch is dropped, as one pass
-    over the reference's train loader.
+    over the reference's train loader; with order="by_class" they are sorted by label instead (stable) and
+    every batch is kept, the last one weighted by its size.
     """
     x, y = dataset.x, dataset.y
-    if estimator == "batch":
+    if estimator == "batch" and order == "by_class":
+        keep = torch.sort(y.cpu(), stable=True).indices.to(x.device)
+        x, y = x[keep], y[keep]
+    elif estimator == "batch":
         keep = torch.randperm(len(y))[: len(y) // batch_size * batch_size or len(y)].to(x.device)
         x, y = x[keep], y[keep]
     params = {n: p.detach() for n, p in model.named_regularized_parameters()}
@@ -119,7 +128,8 @@ class EWC(ParameterRegularization):
         if self.cfg.when_calculate_fisher_information == "train":
             n = max(self._fisher_samples, 1)
             return ParamDict({k: s / n for k, s in self._fisher_sum.items()})
-        return fisher_pass(self, dataset, self.cfg.fisher, self.cfg.fisher_batch_size or self._batch_size)
+        return fisher_pass(self, dataset, self.cfg.fisher, self.cfg.fisher_batch_size or self._batch_size,
+                           self.cfg.fisher_order)
 
     def consolidate(self, task_id: int, importance: ParamDict) -> None:
         super().consolidate(task_id, importance)

@@ -24,6 +24,9 @@ class OnlineEWCConfig:
                      doc="estimator of F_t, one eval-mode pass over the training data after each task "
                          "(exact = van de Ven's fisher_labels='all')")
     fisher_batch_size: int = hp(128, low=1, doc="samples per vectorised chunk (for `batch`: the batch size)")
+    fisher_order: str = hp("shuffled", choices=("shuffled", "by_class"),
+                           doc="fisher=batch only: shuffled batches (default) or the data sorted by label, as "
+                               "Avalanche's unshuffled pass over its class-ordered experience datasets")
 
 
 @ALGORITHMS.register("online_ewc")
@@ -49,7 +52,7 @@ class OnlineEWC(ParameterRegularization):
 
     def estimate_importance(self, dataset: TaskData, prev_params: ParamDict, device) -> dict:
         """F ← γ·F_old + F_t, F_t from one eval-mode pass with the configured estimator."""
-        new = fisher_pass(self, dataset, self.cfg.fisher, self.cfg.fisher_batch_size)
+        new = fisher_pass(self, dataset, self.cfg.fisher, self.cfg.fisher_batch_size, self.cfg.fisher_order)
         return self.decayed_sum(self._custom_importance or ParamDict(), new)
 
     def compute_regularization_loss(self, importance: ParamDict, prev_params: ParamDict) -> torch.Tensor:
