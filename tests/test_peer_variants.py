@@ -121,7 +121,7 @@ def test_lwf_log_epsilon_zero_is_the_soft_target_cross_entropy_with_kl_gradient(
 
 def test_lwf_latest_teacher_distils_every_old_head_from_the_previous_model_and_trains_them():
     cfg = LwFConfig(distillation_reg_factor=0.5, distillation_reg_temperature=2.0, teachers="latest",
-                    train_old_heads=True, log_epsilon=0.0)
+                    student_no_grad=False, train_old_heads=True, log_epsilon=0.0)
     algo = mlp_algo(LwF, cfg)
     empty = Split(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
     tasks = [Task(t, 2, empty, empty, empty) for t in (1, 2, 3)]
@@ -162,7 +162,7 @@ def test_lwf_latest_teacher_distils_every_old_head_from_the_previous_model_and_t
 
 def test_lwf_latest_teacher_in_dil_distils_the_shared_head_once():
     cfg = LwFConfig(distillation_reg_factor=1.0, distillation_reg_temperature=2.0, teachers="latest",
-                    train_old_heads=False)
+                    student_no_grad=False, train_old_heads=False)
     algo = mlp_algo(LwF, cfg, scenario="DIL")
     empty = Split(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
     for t in (1, 2):

@@ -246,7 +246,8 @@ def perturb(module, seed):
 
 
 def test_lwf_sums_kd_over_teachers_and_old_heads_get_no_gradient():
-    algo = make(LwF, LwFConfig(distillation_reg_factor=0.5, distillation_reg_temperature=2.0))
+    algo = make(LwF, LwFConfig(distillation_reg_factor=0.5, distillation_reg_temperature=2.0,
+                               student_no_grad=False))
     for t in (1, 2):
         algo.setup_task(task(t), 1)
         algo.end_task(task(t))
@@ -301,3 +302,20 @@ def test_tiny_runs_give_finite_matrices(tiny, name, scenario):
     acc = run(tiny("finetuning_pmnist", f"algorithm={name}", f"scenario={scenario}", *extra)).acc
     assert np.isfinite(acc[np.tril_indices(3)]).all() and np.isnan(acc[np.triu_indices(3, 1)]).all()
     assert acc[0, 0] > 0.5  # it learned task 1
+
+
+def test_lwf_reference_parity_student_no_grad_trains_exactly_as_finetuning(tiny, one_thread):
+    """The reference computes LwF's student logits under no_grad: the distillation is in the loss value but adds no
+    gradient, so without BatchNorm LwF's weights equal Finetuning's bit for bit; `student_no_grad=false` differs."""
+    from clrepro.engine.loop import Engine
+
+    def final(*overrides):
+        engine = Engine(tiny("finetuning_pmnist", *overrides))
+        engine.run()
+        return {k: v.clone() for k, v in engine.algorithm.backbone.state_dict().items()}
+
+    ft = final()
+    parity = final("algorithm=lwf")
+    fixed = final("algorithm=lwf", "algorithm.student_no_grad=false")
+    assert all(torch.equal(ft[k], parity[k]) for k in ft)
+    assert not all(torch.equal(ft[k], fixed[k]) for k in ft)

@@ -32,7 +32,9 @@ def run_seed(pair: dict, seed: int, out: Path, refs: Path) -> dict:
     from clrepro.engine.experiment import ReferenceCache, run_experiment, write_run_folder
 
     c = pair["clrepro"]
-    overrides = [*c.get("overrides", []), f"seed={seed}", f"metrics=[{','.join(pair['metrics'])}]"]
+    metrics = pair["metrics"] if seed in pair["reference_seed_list"] else [m for m in pair["metrics"]
+                                                                           if m not in ("FWT", "FR")]
+    overrides = [*c.get("overrides", []), f"seed={seed}", f"metrics=[{','.join(metrics)}]"]
     t0 = time.perf_counter()
     cfg = load_experiment(c["experiment"], overrides)
     result = run_experiment(cfg, seed=seed, reference_cache=ReferenceCache(refs))

@@ -37,6 +37,12 @@ def resolve(path: str | Path, pair: str) -> dict:
         raise SystemExit(f"{path}: unknown pair '{pair}' (allowed: {', '.join(spec['pairs'])})")
     out = _merge(spec.get("common") or {}, spec["pairs"][pair] or {})
     out["id"], out["tool"] = pair, spec.get("peer")  # `peer` stays the merged peer settings
-    s = out.get("seeds", {"first": 1, "count": 5})
-    out["seed_list"] = list(s) if isinstance(s, list) else list(range(s["first"], s["first"] + s["count"]))
+    out["seed_list"] = _seeds(out.get("seeds", {"first": 1, "count": 5}))
+    # The seeds that also get reference runs (FWT, FR); default: all of them.
+    out["reference_seed_list"] = _seeds(out["reference_seeds"]) if "reference_seeds" in out else out["seed_list"]
     return out
+
+
+def _seeds(s) -> list[int]:
+    """A seed list, or {first, count}."""
+    return list(s) if isinstance(s, list) else list(range(s["first"], s["first"] + s["count"]))

@@ -26,6 +26,11 @@ class LwFConfig:
                            "head, each distinct head once (Li & Hoiem's θ_o, Avalanche's LwF)")
     train_old_heads: bool = hp(False, doc="let the distillation's gradient reach the earlier heads (Li & Hoiem jointly "
                                           "optimise θ_o; Avalanche); false: they are detached (reference)")
+    student_no_grad: bool = hp(True, bug="reference LwF", doc=(
+        "reproduce the reference's LwF step, which computes the student logits under torch.no_grad: the distillation "
+        "term is in the loss value but sends no gradient, so LwF trains as Finetuning (each earlier task's student "
+        "forward still updates BatchNorm statistics); false: the student's gradient trains the backbone (Li & Hoiem; "
+        "the reference's own unlearnable LwF; Avalanche)"))
     log_epsilon: float = hp(1e-5, low=0.0, symbol="ε",
                             doc="KD_T's log(p'_student + ε) (reference 1e-5); 0: the exact log-softmax (a KL's "
                                 "gradient, as Avalanche's kl_div)")
@@ -35,8 +40,9 @@ def lwf_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                      log_epsilon: float = 1e-5) -> torch.Tensor:
     """KD_T of LwF Eq. 2–3 (Li & Hoiem) as the reference computes it.
 
-    p = softmax(z); p' = p^{1/T} / Σ_c p^{1/T}; KD_T = −mean_batch Σ_c p'_teacher,c · log(p'_student,c + ε), ε = 1e-5.
-    With ε = 0 the log is log_softmax(z_student / T) (p' = softmax(z / T)), which has KL(p'_t ‖ p'_s)'s gradient.
+    p = softmax(z); p' = p^{1/T} / Σ_c p^{1/T}; KD_T = −mean_batch Σ_c p'_teacher,c · log(p'_student,c + ε),
+    ε = 1e-5. With ε = 0 the log is log_softmax(z_student / T) (p' = softmax(z / T)), which has KL(p'_t ‖ p'_s)'s
+    gradient.
     """
     p_t = F.softmax(teacher_logits, dim=1).pow(1 / temperature)
     p_t = p_t / p_t.sum(1, keepdim=True)
@@ -54,6 +60,8 @@ class LwF(CLAlgorithm):
     After task τ a frozen eval-mode copy of the backbone is kept as teacher_τ (DIL: of the shared head
     too), one per task, as the reference does (O(T) memory). student_τ runs the current backbone on the
     current task's x through head τ with detached weights, so the old heads get no gradient from it.
+    By default the student runs under no_grad, as in the reference's LwF (`student_no_grad`), so the term
+    adds no gradient; `student_no_grad=false` is LwF as Li & Hoiem define it.
     `teachers=latest` keeps only the model after the latest task (backbone and all heads) and distils each
     distinct earlier head from it; `train_old_heads` lets the old heads learn from the distillation.
     """
@@ -98,11 +106,15 @@ class LwF(CLAlgorithm):
         earlier = [k for k in self.teachers if int(k) != self.task_id]
         if not earlier:
             return batch.x.new_zeros(())
-        features = self.backbone(batch.x)
+        features = None if cfg.student_no_grad else self.backbone(batch.x)
         loss = batch.x.new_zeros(())
         for key in earlier:
             head = self.heads.head(int(key))
-            student = self._student(features, head)
+            if cfg.student_no_grad:  # the reference: one train-mode backbone forward per earlier task, no gradient
+                with torch.no_grad():
+                    student = head(self.backbone(batch.x))
+            else:
+                student = self._student(features, head)
             with torch.no_grad():
                 teacher_head = self.teacher_heads[key] if key in self.teacher_heads else head
                 teacher = teacher_head(self.teachers[key](batch.x))
@@ -131,12 +143,14 @@ class LwF(CLAlgorithm):
                 heads.append(tau)
         if not heads:
             return batch.x.new_zeros(())
-        features = self.backbone(batch.x)
+        with torch.set_grad_enabled(not cfg.student_no_grad):
+            features = self.backbone(batch.x)
         with torch.no_grad():
             teacher_features = self.teachers["latest"](batch.x)
         loss = batch.x.new_zeros(())
         for tau in heads:
-            student = self._student(features, self.heads.head(tau))
+            with torch.set_grad_enabled(not cfg.student_no_grad):
+                student = self._student(features, self.heads.head(tau))
             with torch.no_grad():
                 teacher = self.teacher_heads["latest"].head(tau)(teacher_features)
             loss = loss + cfg.distillation_reg_factor * lwf_distillation(student, teacher,

@@ -51,17 +51,12 @@ def fail(msg: str, code: int = 2) -> None:
 
 
 def resolve_pair(path: str, pair: str) -> dict:
-    """`common` deep-merged with `pairs.<pair>` (pairs.py's rule), the peer section kept."""
-    from pairs import _merge, load_pairs
+    """The pair's settings (pairs.resolve: `common` deep-merged with `pairs.<pair>`)."""
+    from pairs import load_pairs, resolve
 
-    spec = load_pairs(path)
-    if pair not in spec["pairs"]:
-        fail(f"{path}: unknown pair '{pair}' (allowed: {', '.join(spec['pairs'])})")
-    out = _merge(spec.get("common") or {}, spec["pairs"][pair] or {})
-    s = out.get("seeds", {"first": 1, "count": 5})
-    out["id"], out["seed_list"] = pair, (list(s) if isinstance(s, list) else
-                                         list(range(s["first"], s["first"] + s["count"])))
-    return out
+    if pair not in load_pairs(path)["pairs"]:
+        fail(f"{path}: unknown pair '{pair}' (allowed: {', '.join(load_pairs(path)['pairs'])})")
+    return resolve(path, pair)
 
 
 # ----- benchmark, network, strategy ---------------------------------------------------------------------

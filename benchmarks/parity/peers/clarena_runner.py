@@ -53,18 +53,12 @@ def fail(msg: str, code: int = 2) -> None:
 
 # ----- the pair ----------------------------------------------------------------------------------------
 def resolve_pair(path: str, pair: str) -> dict:
-    """`common` deep-merged with `pairs.<pair>` (pairs.py's rule), the peer section kept (pairs.resolve
-    overwrites `peer` with the file's peer name)."""
-    from pairs import _merge, load_pairs
+    """The pair's settings (pairs.resolve: `common` deep-merged with `pairs.<pair>`)."""
+    from pairs import load_pairs, resolve
 
-    spec = load_pairs(path)
-    if pair not in spec["pairs"]:
-        fail(f"{path}: unknown pair '{pair}' (allowed: {', '.join(spec['pairs'])})")
-    out = _merge(spec.get("common") or {}, spec["pairs"][pair] or {})
-    s = out.get("seeds", {"first": 1, "count": 5})
-    out["id"], out["seed_list"] = pair, (list(s) if isinstance(s, list) else
-                                         list(range(s["first"], s["first"] + s["count"])))
-    return out
+    if pair not in load_pairs(path)["pairs"]:
+        fail(f"{path}: unknown pair '{pair}' (allowed: {', '.join(load_pairs(path)['pairs'])})")
+    return resolve(path, pair)
 
 
 # ----- CLArena configs ---------------------------------------------------------------------------------
@@ -247,10 +241,12 @@ def run_seed(pair: dict, seed: int, data: Path, out: Path, refs: Path, epochs: i
     CLMainExperiment(cfg).run()
     t_main = time.perf_counter() - t0
     train_s = FitTimer.total
-    ref_paths, refs_s, ran = ensure_references(pair, seed, data, refs, epochs)
+    ref_paths, refs_s, ran = {}, 0.0, []
+    if seed in pair["reference_seed_list"]:  # FWT/FR need them; they are slow in CLArena, so only for some seeds
+        ref_paths, refs_s, ran = ensure_references(pair, seed, data, refs, epochs)
     t1 = time.perf_counter()
-    m = score(work / "results" / "acc.csv", ref_paths["joint"], ref_paths["independent"], ref_paths["random"],
-              int(pair["peer"]["benchmark"]["num_tasks"]), out_dir=work)
+    m = score(work / "results" / "acc.csv", ref_paths.get("joint"), ref_paths.get("independent"),
+              ref_paths.get("random"), int(pair["peer"]["benchmark"]["num_tasks"]), out_dir=work)
     eval_s = time.perf_counter() - t1
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(work / "results" / "acc.csv", out / "acc.csv")
@@ -260,7 +256,8 @@ def run_seed(pair: dict, seed: int, data: Path, out: Path, refs: Path, epochs: i
     (out / "config.yaml").write_text(__import__("omegaconf").OmegaConf.to_yaml(cfg))
     res = {"seed": seed, **{k: m.get(k) for k in pair["metrics"]},
            "wall_s": round(t_main + eval_s, 3), "train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
-           "refs_s": round(refs_s, 3), "references_run": ran, "references": str(ref_paths["joint"].parents[2]),
+           "refs_s": round(refs_s, 3), "references_run": ran,
+           "references": str(ref_paths["joint"].parents[2]) if ref_paths else None,
            "metric_code": METRIC_CODE}
     if epochs != pair["epochs"]:
         res["epochs_override"] = epochs
