@@ -379,3 +379,22 @@ def test_linear_layer_fast_path_equals_the_vmap_estimator(estimator):
     assert set(fast) == set(slow) and any("heads" in k for k in fast)  # DIL: the shared head is regularized
     for k in slow:
         assert torch.allclose(fast[k], slow[k], rtol=1e-4, atol=1e-9), k
+
+
+def test_ewc_cls_gradient_twice_doubles_only_the_classification_gradient(tiny, one_thread):
+    """CLArena 1.1.0's EWC step: the Fisher backward of CE is not zeroed, so the update sees 2·∇CE + ∇penalty."""
+    from clrepro.algorithms.base import Batch, Step
+    from clrepro.engine.loop import Engine
+
+    grads = {}
+    for twice in (False, True):
+        engine = Engine(tiny("finetuning_pmnist", "algorithm=ewc", f"algorithm.cls_gradient_twice={twice}"))
+        algo = engine.algorithm
+        task = engine._task(1)
+        algo.setup_task(task, 1)
+        batch = Batch(task.train.x[:16], task.train.y[:16], 1)
+        algo.zero_grad()
+        algo.training_loss(batch, Step(1, 0, 0, 1, 0)).backward()
+        grads[twice] = [p.grad.clone() for p in algo.trainable_parameters() if p.grad is not None]
+    assert len(grads[True]) == len(grads[False]) > 0
+    assert all(torch.allclose(b, 2 * a) for a, b in zip(grads[False], grads[True]))  # task 1: no penalty yet

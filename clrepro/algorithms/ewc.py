@@ -30,6 +30,10 @@ class EWCConfig:
                          "per-sample empirical, exact, sampled (train_end only)")
     fisher_batch_size: int | None = hp(None, low=1, doc="batches of the train_end pass (default: the training "
                                                         "batch size; for per-sample estimators only memory)")
+    cls_gradient_twice: bool = hp(False, bug="CLArena 1.1.0 EWC", doc=(
+        "reproduce the released CLArena 1.1.0 step for the `train` timing: its Fisher backward of CE is not zeroed "
+        "before the backward of the whole loss, so the update uses 2·∇CE + ∇penalty (under Adam about half the "
+        "penalty's weight); false: ∇CE + ∇penalty, as the reference's later autograd.grad code"))
     fisher_order: str = hp("shuffled", choices=("shuffled", "by_class"),
                            doc="order of the train_end pass's batches for fisher=batch: shuffled (one pass of a "
                                "shuffled loader, reference); by_class: the data sorted by label (stable), as "
@@ -107,9 +111,10 @@ class EWC(ParameterRegularization):
         # ∇CE alone, as the reference's autograd.grad: the Fisher must not see the penalty's gradient.
         grads = torch.autograd.grad(ce, params, allow_unused=True)
         self.accumulate_fisher(dict(zip(map(id, params), grads)), len(batch.y))
-        # Hand ∇CE to the engine's backward through a linear surrogate with CE's value (one backward a step).
+        # Hand ∇CE to the engine's backward through a linear surrogate with CE's value (one backward a step);
+        # twice ∇CE when reproducing the released code's unzeroed double backward.
         surrogate = sum(((p * g).sum() for p, g in zip(params, grads) if g is not None), ce.new_zeros(()))
-        loss = ce.detach() + (surrogate - surrogate.detach())
+        loss = ce.detach() + (2.0 if self.cfg.cls_gradient_twice else 1.0) * (surrogate - surrogate.detach())
         if self.has_penalty():
             loss = loss + self.reg_strength * self.regularization_loss()
         return loss
