@@ -150,3 +150,36 @@ def test_protected_shortcuts_leave_the_measures_on_the_block_convs(one_thread, m
         w = block.conv2.weight.detach().abs().reshape(128, -1).sum(1)
         act = algo.backbone.activations["conv3x.0.conv2"].abs().transpose(0, 1).reshape(128, -1).mean(1)
         assert torch.allclose(u["conv3x.0.conv2"], w * act)
+
+
+@pytest.mark.parametrize("backbone, shape", [("hat_mlp", (1, 8, 8)), ("hat_resnet18", (1, 8, 8))])
+def test_deeplift_rescales_through_the_backbones_relu_modules(backbone, shape):
+    """DL needs ReLU *modules* for Captum's rescale rule (the reference's nn.ReLU layers); with them LayerDeepLift
+    is complete: the attributions of a layer sum to f(x) − f(baseline) for the target logit."""
+    from captum.attr import LayerDeepLift
+
+    from clrepro.backbones.mlp import MLPConfig
+    from clrepro.backbones.resnet import ResNetConfig
+    from clrepro.registry import BACKBONES
+
+    torch.manual_seed(0)
+    cls = BACKBONES.get(backbone)
+    net = cls(shape, MLPConfig(hidden=[16, 8]) if backbone == "hat_mlp" else ResNetConfig()).eval()
+    relus = [m for m in net.modules() if isinstance(m, nn.ReLU)]
+    assert len(relus) == len(net.layer_names)  # one per masked layer, none reused
+    head = nn.Linear(net.output_dim, 3)
+    mask = {l: torch.rand(n) for l, n in net.hat.layer_units.items()}
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.head = net, head
+
+        def forward(self, x):
+            return self.head(self.net(x, mask=mask))
+
+    model, x = Model(), torch.randn(4, *shape)
+    layer = net.body.fc[0] if backbone == "hat_mlp" else net.body.conv1
+    attr, delta = LayerDeepLift(model, layer).attribute(x, target=1, return_convergence_delta=True)
+    assert attr.shape[1] == net.hat.layer_units[net.layer_names[0]]
+    assert delta.abs().max() < 1e-4

@@ -29,6 +29,9 @@ class _MLPLayers(nn.Module):
         dims = [input_dim, *cfg.hidden]
         self.fc = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.bn = nn.ModuleList(nn.BatchNorm1d(b) for b in cfg.hidden) if cfg.batch_norm else None
+        # one ReLU module per layer (not torch.relu): Captum's DeepLift applies its rescale rule only to modules,
+        # as the reference's nn.ReLU layers get it
+        self.act = nn.ModuleList(nn.ReLU() for _ in cfg.hidden)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None
         self.output_dim = dims[-1]
 
@@ -51,7 +54,7 @@ class MLP(Backbone):
             h = fc(h)
             if b.bn is not None:
                 h = b.bn[i](h)
-            h = torch.relu(h)
+            h = b.act[i](h)
             if b.drop is not None:
                 h = b.drop(h)
         return h
@@ -87,7 +90,7 @@ class HATMaskMLP(MaskedBackbone):
                 h = b.bn[i](h)
             if mask is not None:
                 h = h * mask[name]
-            h = torch.relu(h)
+            h = b.act[i](h)
             self._record(name, h)
             if b.drop is not None:
                 h = b.drop(h)
@@ -122,7 +125,7 @@ class HATMaskMLP(MaskedBackbone):
             h = keep * own + (1 - keep) * main
             if mask is not None:
                 h = h * mask[name]
-            h = torch.relu(h)
+            h = b.act[i](h)
             if b.drop is not None:
                 h = b.drop(h)
         return h

@@ -46,19 +46,20 @@ class _BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(ch) if batch_norm else None
         # CLArena's `identity_downsample`: never masked, never in weighted_layer_names (bug B9)
         self.shortcut = nn.Conv2d(in_ch, ch, 1, stride=stride, bias=False) if in_ch != ch or stride != 1 else None
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()  # modules, so that Captum's DeepLift rescales through them
 
     def forward(self, x: torch.Tensor, mask: Masks = None, record: Recorder = None) -> torch.Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
         h = self.conv1(x)
         if self.bn1 is not None:
             h = self.bn1(h)
-        h = torch.relu(_gate(h, mask, self.name1))
+        h = self.relu1(_gate(h, mask, self.name1))
         if record is not None:
             record(self.name1, h)
         h = self.conv2(h)
         if self.bn2 is not None:
             h = self.bn2(h)
-        h = torch.relu(_gate(h + identity, mask, self.name2))  # the mask sits after the residual add
+        h = self.relu2(_gate(h + identity, mask, self.name2))  # the mask sits after the residual add
         if record is not None:
             record(self.name2, h)
         return h
@@ -71,6 +72,7 @@ class _ResNet18Layers(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64) if cfg.batch_norm else None
+        self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self.layer_units: dict[str, int] = {"conv1": 64}
         self.stage_names = [f"conv{s}x" for s in range(2, 2 + len(STAGE_CHANNELS))]
@@ -96,7 +98,7 @@ class _ResNet18Layers(nn.Module):
         h = self.conv1(x)
         if self.bn1 is not None:
             h = self.bn1(h)
-        h = torch.relu(_gate(h, mask, "conv1"))
+        h = self.relu(_gate(h, mask, "conv1"))
         if record is not None:
             record("conv1", h)
         h = self.maxpool(h)
