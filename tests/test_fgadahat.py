@@ -152,6 +152,7 @@ def test_protected_shortcuts_leave_the_measures_on_the_block_convs(one_thread, m
         assert torch.allclose(u["conv3x.0.conv2"], w * act)
 
 
+@pytest.mark.filterwarnings("ignore:max_unpooling2d:UserWarning")  # DeepLift's maxpool rule, deterministic mode
 @pytest.mark.parametrize("backbone, shape", [("hat_mlp", (1, 8, 8)), ("hat_resnet18", (1, 8, 8))])
 def test_deeplift_rescales_through_the_backbones_relu_modules(backbone, shape):
     """DL needs ReLU *modules* for Captum's rescale rule (the reference's nn.ReLU layers); with them LayerDeepLift
