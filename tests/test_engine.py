@@ -113,3 +113,30 @@ def test_experiment_runs_references_and_reuses_given_ones(tiny, tmp_path):
     assert set(second.reference_sources.values()) != {"run"}
     for k in ("AA", "BWT", "FWT", "FR"):
         assert second.metrics[k] == pytest.approx(first.metrics[k], abs=1e-12)
+
+
+def test_independent_tests_its_stored_batchnorm_copies_in_training_mode_as_the_reference(tiny, one_thread):
+    """The reference's Independent keeps its copies where model.eval() does not reach: with BatchNorm each test batch
+    is normalised by its own statistics. `stored_copies_train_mode=false` tests them on their running statistics."""
+    def matrix(*overrides):
+        return Engine(tiny("finetuning_pmnist", "algorithm=independent", "backbone.batch_norm=true",
+                           "trainer.eval_batch_size=40", *overrides)).run().acc
+
+    parity, fixed = matrix(), matrix("algorithm.stored_copies_train_mode=false")
+    assert np.array_equal(np.isnan(parity), np.isnan(fixed))
+    assert not np.allclose(parity[~np.isnan(parity)], fixed[~np.isnan(fixed)])
+    engine = Engine(tiny("finetuning_pmnist", "algorithm=independent", "backbone.batch_norm=true",
+                         "trainer.eval_batch_size=40"))
+    engine.run()
+    algo, task = engine.algorithm, engine.tests[2]
+    copy2 = algo.task_backbones["2"]
+    with torch.no_grad():
+        expected = torch.cat([algo.heads(copy2.train()(c), 2) for c in task.x.split(40)])
+        copy2.eval()
+        algo.eval()
+        got = algo(task.x, 2, "test")
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not copy2.training  # left in eval mode
+    plain = [Engine(tiny("finetuning_pmnist", "algorithm=independent", *o)).run().acc
+             for o in ((), ("algorithm.stored_copies_train_mode=false",))]
+    assert np.array_equal(plain[0], plain[1], equal_nan=True)  # no BatchNorm: no effect

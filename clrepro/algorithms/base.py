@@ -56,6 +56,7 @@ class CLAlgorithm(nn.Module):
     # A multitask algorithm (Joint) trains once on all tasks together instead of task by task.
     multitask: ClassVar[bool] = False
     summary: ClassVar[str] = ""
+    eval_batch_size: int = 128  # the test batch size (set by the engine); test-time behaviour that depends on batches
 
     @classmethod
     def check_config(cls, cfg, backbone_cls: type) -> None:

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from clrepro.algorithms.base import CLAlgorithm
+from clrepro.config.hparams import hp
 from clrepro.registry import ALGORITHMS
+
+
+@dataclass
+class IndependentConfig:
+    stored_copies_train_mode: bool = hp(True, bug="reference Independent", doc=(
+        "reproduce the reference, which keeps each task's network copy in a plain dict that model.eval() never "
+        "reaches: with BatchNorm the copies are tested in training mode, on each test batch's own statistics "
+        "(this moves FWT); false: tested in eval mode on their running statistics. No effect without BatchNorm"))
+
 
 
 @ALGORITHMS.register("independent")
 class Independent(CLAlgorithm):
     """Each task restarts from the same θ_0 and keeps its own backbone copy for testing."""
 
+    Config = IndependentConfig
     summary = "one network per task, each from the same initialisation (reference for FWT); unlearns exactly"
     supports_unlearning = True  # UnlearnableIndependent (AmnesiacHAT paper baseline, §7): exact unlearning
 
@@ -52,10 +64,21 @@ class Independent(CLAlgorithm):
 
     def forward(self, x, task_id, stage="test", step=None):
         if stage == "test" and str(task_id) in self.task_backbones:
-            return self.heads(self.task_backbones[str(task_id)](x), task_id)
+            return self.heads(self._stored(self.task_backbones[str(task_id)], x), task_id)
         if stage == "test" and task_id in self.unlearned_ids:  # an unlearned task's network is θ_0
             return self.heads(self.initial_backbone(x), task_id)
         return self.heads(self.backbone(x), task_id)
+
+    def _stored(self, backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A stored copy's features; in training mode per test batch when reproducing the reference with BN."""
+        if not (self.cfg.stored_copies_train_mode and self.training is False
+                and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())):
+            return backbone(x)
+        backbone.train()
+        try:
+            return torch.cat([backbone(c) for c in x.split(self.eval_batch_size)])
+        finally:
+            backbone.eval()
 
     def initial_backbone(self, x):
         b = copy.deepcopy(self.backbone)

@@ -77,6 +77,7 @@ class Engine:
         self.algorithm: CLAlgorithm = comp.algorithm_cls(backbone, heads, comp.algorithm_cfg, self.num_tasks)
         self.algorithm.to(self.device)
         self.algorithm.optimizer_cfg = cfg.optimizer  # what an algorithm's own inner loop (repair) should use
+        self.algorithm.eval_batch_size = cfg.trainer.eval_batch_size or cfg.trainer.batch_size  # the test batches
         self.train_tasks = list(range(1, self.num_tasks + 1) if train_tasks is None else train_tasks)
         self.plan = UnlearningPlan.from_config(cfg.unlearning, self.num_tasks) if unlearning else None
         if self.plan is not None and not self.plan.active:
@@ -105,9 +106,10 @@ class Engine:
     # ----- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
     def _logits(self, x: torch.Tensor, task_id: int, stage: str) -> torch.Tensor:
+        chunk = max(1, EVAL_CHUNK // self.algorithm.eval_batch_size) * self.algorithm.eval_batch_size  # whole batches
         with self.fabric.autocast():
-            return torch.cat([self.algorithm(x[i:i + EVAL_CHUNK], task_id, stage)
-                              for i in range(0, len(x), EVAL_CHUNK)]).float()
+            return torch.cat([self.algorithm(x[i:i + chunk], task_id, stage)
+                              for i in range(0, len(x), chunk)]).float()
 
     @torch.no_grad()
     def evaluate(self, task_ids: Iterable[int]) -> tuple[list[float], list[float]]:
