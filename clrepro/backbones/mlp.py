@@ -17,7 +17,7 @@ from clrepro.registry import BACKBONES
 
 @dataclass
 class MLPConfig:
-    hidden: list[int] = hp([256, 100, 64], doc="hidden layer widths (the papers: 256, 100, 64)")
+    hidden: list[int] = hp([256, 100, 64], low=1, high=2**20, doc="hidden layer widths (the papers: 256, 100, 64)")
     batch_norm: bool = hp(False, doc="BatchNorm1d before the mask and ReLU (clmlp default true; papers false)")
     dropout: float = hp(0.0, low=0.0, high=0.95, doc="dropout after each ReLU")
 

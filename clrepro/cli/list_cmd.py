@@ -22,7 +22,7 @@ def _component_table(title, registry):
 
 
 def main(args) -> int:
-    from clrepro.config.load import config_dir, experiment_names
+    from clrepro.config.load import _checked_config_dir, config_dir, experiment_names
     from clrepro.console import console
     from clrepro.data.sources import SOURCE_INFO
     from clrepro.registry import ALGORITHMS, BACKBONES, BENCHMARKS
@@ -38,9 +38,14 @@ def main(args) -> int:
     if what in (None, "backbones"):
         console.print(_component_table("backbones", BACKBONES))
     if what in (None, "experiments"):
+        _checked_config_dir()
         console.print(f"experiments in {config_dir() / 'experiment'}:")
         for name in experiment_names():
-            first = (config_dir() / "experiment" / f"{name}.yaml").read_text().splitlines()
+            try:
+                first = (config_dir() / "experiment" / f"{name}.yaml").read_bytes()[:4096].decode(
+                    "utf-8", "replace").splitlines()
+            except OSError:
+                first = []
             doc = next((l.lstrip("# ") for l in first if l.startswith("#") and "@package" not in l), "")
             console.print(f"  [bold]{name}[/bold]: {doc}")
     return 0

@@ -15,9 +15,16 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (the usage is what --help is for), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clrepro", description="Sweep and reproduce continual-learning results.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    p = _Parser(prog="clrepro", description="Sweep and reproduce continual-learning results.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (module, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
         sp.set_defaults(_module=module)
@@ -55,7 +62,7 @@ def _sweep_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--storage", help="Ray Tune storage path (default: the sweep file's, ./ray_results)")
     sp.add_argument("--resume", nargs="?", const="latest", metavar="SWEEP_DIR",
                     help="continue an interrupted sweep (the latest of this name, or the given folder)")
-    sp.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    sp.add_argument("--num-cpus", type=_positive, help="CPUs of the local Ray instance (default: all)")
     sp.add_argument("--variant", action="append", metavar="NAME",
                     help="run only this variant of a file with `variants:` (repeatable; default: all, in order)")
     sp.add_argument("--quiet", action="store_true", help="no live progress")
@@ -69,21 +76,54 @@ def _table_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--no-log", action="store_true", help="with --out: do not log the files to MLflow")
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1..65535)") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1..65535)")
+    return port
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not a positive integer")
+    return n
+
+
 def _ui_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--tracking-uri", help="MLflow store (default sqlite:///mlflow.db)")
     sp.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
-    sp.add_argument("--port", type=int, default=5000)
+    sp.add_argument("--port", type=_port, default=5000)
 
 
 _ARGS = {"run": _run_args, "metrics": _metrics_args, "sweep": _sweep_args, "table": _table_args, "ui": _ui_args, "list": _list_args}
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """argparse, with `run`'s key=value overrides accepted after options too (`run X --out d seed=3`)."""
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        if getattr(args, "command", None) == "run" and all(not a.startswith("-") for a in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            p.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = _parse(argv)
     if not getattr(args, "command", None):
         parser().print_help()
         return 0
     import importlib
+    import os
 
     from clrepro.errors import UserError
 
@@ -94,11 +134,22 @@ def main(argv: list[str] | None = None) -> int:
                 load_plugin(spec)
         return importlib.import_module(args._module).main(args) or 0
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not the user's input: still one line; the traceback on request
+        if os.environ.get("CLREPRO_DEBUG"):
+            raise
+        print(f"error: unexpected {type(e).__name__}: {_one_line(e)} (a clrepro bug; CLREPRO_DEBUG=1 shows the "
+              "traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split("\n")).strip()
+    return text if len(text) <= 2000 else text[:2000] + "..."
 
 
 if __name__ == "__main__":

@@ -45,6 +45,12 @@ def print_summary(outcome) -> None:
         ft.add_row(*[f"{_fmt(agg[f'{m}_mean'])} ± {_fmt(agg[f'{m}_std'])}" for m in shown],
                    str(int(agg["AA_n"])))
         console.print(ft)
+    if outcome.retried:
+        console.print(f"[yellow]{outcome.retried} trial restart(s) after a lost worker (max_failures "
+                      f"{spec.max_failures})[/yellow]")
+    if outcome.closed_on_resume:
+        console.print(f"[dim]closed {outcome.closed_on_resume} run(s) the interrupted driver left RUNNING as "
+                      "KILLED[/dim]")
     console.print(f"[dim]wall {outcome.wall_seconds:.1f}s on {outcome.slots} slots: training + evaluation "
                   f"{outcome.engine_seconds:.1f}s ({100 * outcome.efficiency:.1f}%), inside trials "
                   f"{outcome.trial_seconds:.1f}s ({100 * outcome.occupancy:.1f}%); MLflow {outcome.tracking_uri} "

@@ -11,10 +11,15 @@ def main(args) -> int:
     from clrepro.tables.sources import RunReader
     from clrepro.tables.spec import load_table
     from clrepro.tables.table import build_table
-    from clrepro.tracking.mlflow_store import absolute_tracking_uri
+    from clrepro.files import check_output_dir
+    from clrepro.tracking.mlflow_store import checked_tracking_uri
 
     spec = load_table(args.spec)
-    spec.tracking_uri = absolute_tracking_uri(args.tracking_uri or spec.tracking_uri)
+    spec.tracking_uri = checked_tracking_uri(args.tracking_uri or spec.tracking_uri,
+                                             "--tracking-uri" if args.tracking_uri else "tracking_uri",
+                                             None if args.tracking_uri else args.spec)
+    if args.out:
+        check_output_dir(args.out, "--out", must_be_new=False)  # before any run is produced
     reader = RunReader(spec.tracking_uri)
     if args.run:
         from clrepro.tables.produce import produce_missing

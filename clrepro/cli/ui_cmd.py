@@ -8,13 +8,19 @@ import sys
 
 
 def main(args) -> int:
-    from clrepro.tracking.mlflow_store import absolute_tracking_uri
+    import socket
 
-    uri = absolute_tracking_uri(args.tracking_uri)
-    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
-        from clrepro.errors import UserError
+    from clrepro.errors import UserError
+    from clrepro.tracking.mlflow_store import checked_tracking_uri
 
-        raise UserError(f"--tracking-uri: {uri[len('sqlite:///'):]} does not exist (run a sweep first)")
+    uri = checked_tracking_uri(args.tracking_uri, must_exist=True)
+    try:  # the address must be free and bindable now: mlflow's own error would come as a traceback
+        infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as sock:
+            sock.bind(infos[0][4])
+    except (OSError, UnicodeError) as e:
+        raise UserError(f"--host {args.host} --port {args.port}: cannot listen there ({getattr(e, 'strerror', None) or e})") \
+            from None
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

@@ -6,25 +6,35 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from clrepro.errors import ConfigError
+from clrepro.limits import INT64_MAX, INT64_MIN
 
 _RESERVED = ("name", "_target_")
 
 
 def hp(default: Any = dataclasses.MISSING, *, doc: str = "", choices: Iterable | None = None,
-       low: float | None = None, high: float | None = None, low_open: bool = False, symbol: str | None = None,
-       bug: str | None = None) -> Any:
-    """Declare one hyperparameter: default, doc, allowed choices or [low, high] range, paper symbol, bug id."""
+       low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False,
+       length: int | None = None, min_len: int | None = None, max_len: int | None = None, unique: bool = False,
+       check: Callable[[Any], str | None] | None = None, symbol: str | None = None, bug: str | None = None) -> Any:
+    """Declare one hyperparameter: default, doc, allowed choices or [low, high] range, paper symbol, bug id.
+
+    Ranges and choices apply to every element of a list; `length` / `min_len` / `max_len` / `unique` constrain
+    the list itself; `check(value)` returns a problem (str) for what a library below would reject, or None.
+    Numbers are always finite (NaN and ±inf are refused) and integers fit in 64 bits.
+    """
     meta = {"doc": doc, "choices": tuple(choices) if choices is not None else None, "low": low, "high": high,
-            "low_open": low_open, "symbol": symbol, "bug": bug}
+            "low_open": low_open, "high_open": high_open, "length": length, "min_len": min_len,
+            "max_len": max_len, "unique": unique, "check": check, "symbol": symbol, "bug": bug}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
 def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
@@ -36,22 +46,23 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        real = [a for a in args if a is not type(None)]
+        for arg in real:
             try:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(e)
-        raise ConfigError(key, f"expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(key, f"expected {' or '.join(_type_name(a) for a in args)}, got {_short(value)}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(key, f"expected a list, got {value!r}")
+            raise ConfigError(key, f"expected a list, got {_short(value)}")
         (arg, *_) = typing.get_args(tp) or (Any,)
         return [_coerce(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(key, f"expected a mapping, got {value!r}")
+            raise ConfigError(key, f"expected a mapping, got {_short(value)}")
         kt, vt = typing.get_args(tp) or (Any, Any)
         return {k: _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
@@ -61,52 +72,94 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(key, f"expected true or false, got {value!r}")
+        raise ConfigError(key, f"expected true or false, got {_short(value)}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(key, f"expected an integer, got {value!r}")
+            if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+                value = int(value)
+            else:
+                raise ConfigError(key, f"expected an integer, got {_short(value)}")
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ConfigError(key, f"{_short(value)} does not fit in a 64-bit integer", f"[{INT64_MIN}, {INT64_MAX}]")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             if isinstance(value, str):
                 try:
-                    return float(value)
+                    value = float(value)
                 except ValueError:
-                    pass
-            raise ConfigError(key, f"expected a number, got {value!r}")
-        if math.isnan(float(value)):
-            raise ConfigError(key, "NaN is not allowed")
-        return float(value)
+                    raise ConfigError(key, f"expected a number, got {_short(value)}") from None
+            else:
+                raise ConfigError(key, f"expected a number, got {_short(value)}")
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(key, f"{_short(value)} is too large for a float") from None
+        if math.isnan(value):
+            raise ConfigError(key, "NaN is not allowed (a finite number is)")
+        if math.isinf(value):
+            raise ConfigError(key, f"{value} is not allowed (a finite number is)")
+        return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {value!r}")
+            raise ConfigError(key, f"expected a string, got {_short(value)}")
         return value
     return value
+
+
+def _short(v: Any, n: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[:n] + "..."
+
+
+def _interval(meta: dict) -> str:
+    low, high = meta.get("low"), meta.get("high")
+    lo = "(-inf" if low is None else (f"({low}" if meta.get("low_open") else f"[{low}")
+    hi = "inf)" if high is None else (f"{high})" if meta.get("high_open") else f"{high}]")
+    return f"{lo}, {hi}"
 
 
 def _check_range(value: Any, meta: dict, key: str) -> None:
     if value is None:
         return
     choices = meta.get("choices")
+    if isinstance(value, list):
+        n, length, lo_n, hi_n = len(value), meta.get("length"), meta.get("min_len"), meta.get("max_len")
+        if length is not None and n != length:
+            raise ConfigError(key, f"has {n} values, needs exactly {length}", f"a list of {length}")
+        if lo_n is not None and n < lo_n:
+            raise ConfigError(key, "is empty" if n == 0 else f"has {n} values, needs at least {lo_n}",
+                              f"a list of at least {lo_n}")
+        if hi_n is not None and n > hi_n:
+            raise ConfigError(key, f"has {n} values, at most {hi_n} are allowed")
+        if meta.get("unique"):
+            seen = []
+            for v in value:
+                if v in seen:
+                    raise ConfigError(key, f"repeats {v!r}", "distinct values")
+                seen.append(v)
     items = value if isinstance(value, list) else [value]
     for v in items:
         if choices is not None and v not in choices:
-            raise ConfigError(key, f"{v!r} is not allowed", choices)
+            raise ConfigError(key, f"{_short(v)} is not allowed", choices)
         low, high = meta.get("low"), meta.get("high")
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             too_low = low is not None and (v <= low if meta.get("low_open") else v < low)
-            if too_low or (high is not None and v > high):
-                lo = f"({low}" if meta.get("low_open") else f"[{low}"
-                raise ConfigError(key, f"{v!r} is out of range", f"{lo if low is not None else '(-inf'}, "
-                                                                  f"{high if high is not None else 'inf'}]")
+            too_high = high is not None and (v >= high if meta.get("high_open") else v > high)
+            if too_low or too_high:
+                raise ConfigError(key, f"{_short(v)} is out of range", _interval(meta))
+    check = meta.get("check")
+    if check is not None:
+        problem = check(value)
+        if problem:
+            raise ConfigError(key, problem[0] if isinstance(problem, tuple) else problem,
+                              problem[1] if isinstance(problem, tuple) else None)
 
 
 def build(schema: type, node: dict | None, prefix: str, extra_ok: Iterable[str] = _RESERVED) -> Any:
     """Validate a config mapping against a dataclass schema and return the typed instance."""
     if node is not None and not isinstance(node, dict):
-        raise ConfigError(prefix, f"expected a mapping, got {node!r}")
+        raise ConfigError(prefix, f"expected a mapping, got {_short(node)}")
     node = dict(node or {})
     fields = {f.name: f for f in dataclasses.fields(schema)}
     hints = typing.get_type_hints(schema)
@@ -131,24 +184,10 @@ def build(schema: type, node: dict | None, prefix: str, extra_ok: Iterable[str] 
 
 
 def read_mapping(path, what: str) -> dict:
-    """A YAML file's top-level mapping (a deep copy), or a one-line UserError naming the file."""
-    import copy
-    from pathlib import Path
+    """A YAML file's top-level mapping ({} when empty), or a one-line UserError naming the file."""
+    from clrepro.files import read_yaml
 
-    import yaml
-
-    from clrepro.errors import UserError
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: {what} not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping at the top level")
-    return copy.deepcopy(raw)
+    return read_yaml(path, what, empty_ok=True)
 
 
 def describe(schema: type) -> list[dict]:
@@ -162,7 +201,7 @@ def describe(schema: type) -> list[dict]:
         if m.get("choices"):
             allowed = "{" + ", ".join(map(str, m["choices"])) + "}"
         elif m.get("low") is not None or m.get("high") is not None:
-            allowed = f"[{m.get('low', '-inf')}, {m.get('high') if m.get('high') is not None else 'inf'}]"
+            allowed = _interval(m)
         else:
             allowed = ""
         doc = m.get("doc", "")

@@ -25,15 +25,35 @@ def config_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
 
 
+def _checked_config_dir() -> Path:
+    cdir = config_dir()
+    if not (cdir / "config.yaml").is_file():
+        where = "CLREPRO_CONFIG_DIR=" if os.environ.get("CLREPRO_CONFIG_DIR") else ""
+        raise UserError(f"{where}{cdir}: not a clrepro config folder (no config.yaml in it)")
+    return cdir
+
+
 def experiment_names() -> list[str]:
     """Experiment config names, sub-folders included (`fgadahat_paper/icu_pmnist20`)."""
     root = config_dir() / "experiment"
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
 
 
-def _hydra_error(e: Exception, source: str) -> ConfigError:
+USER_NAME = "__clrepro_user__"  # the name a user's file is composed under: never a shipped experiment's
+
+
+def _hydra_error(e: Exception, source: str, temp: Path | None = None, user_file: str | None = None) -> ConfigError:
     """Turn a Hydra composition error into one line naming the key and the allowed values."""
     msg = str(e)
+    override = getattr(e, "override", None)
+    if isinstance(override, str):  # Hydra's OverrideParseException
+        first = (msg.strip().splitlines() or ["syntax error"])[0]
+        return ConfigError("overrides", f"cannot parse {override[:80]!r} ({first[:120]})",
+                           "key=value, e.g. seed=3, optimizer.betas=[0.9,0.99], +algorithm.new_key=1", source)
+    if temp is not None and user_file is not None:  # name the user's file, never the temporary copy
+        msg = msg.replace(str(temp / "experiment" / f"{USER_NAME}.yaml"), user_file)
+        msg = msg.replace(f"file://{temp}", str(Path(user_file).parent)).replace(str(temp), str(Path(user_file).parent))
+        msg = msg.replace(f"experiment/{USER_NAME}", user_file).replace(USER_NAME, Path(user_file).stem)
     m = re.search(r"Could not find '([^']+)/([^']+)'", msg)
     if m:
         group, option = m.groups()
@@ -44,44 +64,78 @@ def _hydra_error(e: Exception, source: str) -> ConfigError:
         key = m.group(1)
         return ConfigError(key, "unknown key (prefix with + to add one)", None, source)
     first = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
-    return ConfigError("config", first, None, source)
+    return ConfigError("config", first[:300], None, source)
+
+
+def _user_copy(path: Path, extra_dir: Path) -> str:
+    """Check a user's experiment file (read, YAML, a mapping) and copy it where Hydra composes it from, under
+    a group no shipped experiment uses (a file named like a shipped one must never run the shipped one)."""
+    from clrepro.files import parse_yaml, read_text
+
+    text = read_text(path, "experiment file")
+    data = parse_yaml(text, str(path))
+    if data is None:
+        raise UserError(f"{path}: experiment file is empty (expected config keys, e.g. `seed: 3` or "
+                        "`optimizer: {lr: 0.01}`)")
+    if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else f"a single value ({str(data)[:40]!r})"
+        raise UserError(f"{path}: an experiment file must be a mapping of config keys at the top level, not {kind}")
+    if not re.search(r"^#\s*@package", text, flags=re.M):
+        text = "# @package _global_\n" + text  # an experiment's keys are the config's top-level keys
+    (extra_dir / "experiment").mkdir(parents=True)
+    (extra_dir / "experiment" / f"{USER_NAME}.yaml").write_text(text)
+    return USER_NAME
+
+
+def _safe_stem(stem: str) -> str:
+    """A run name from a file name: characters outside the allowed set become '_'."""
+    name = re.sub(r"[^A-Za-z0-9_.+=@-]+", "_", stem).strip("._-")[:100]
+    return name or "experiment"
 
 
 def compose(experiment: str, overrides: list[str] = ()) -> tuple[dict, str]:
     """Compose `experiment` (a name under configs/experiment/ or a YAML path) with dotted overrides."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from hydra.errors import HydraException
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
-    cdir = config_dir()
+    cdir = _checked_config_dir()
     extra_dir = None
     path = Path(experiment)
-    if experiment not in experiment_names() and (path.suffix in (".yaml", ".yml") or os.sep in experiment):
-        if not path.is_file():
-            raise UserError(f"{experiment}: experiment file not found")
-        extra_dir = Path(tempfile.mkdtemp(prefix="clrepro-exp-"))
-        (extra_dir / "experiment").mkdir()
-        shutil.copy(path, extra_dir / "experiment" / path.name.replace(path.suffix, ".yaml"))
-        name, source = path.stem, str(path)
-    else:
-        if experiment not in experiment_names():
-            raise ConfigError("experiment", f"unknown experiment '{experiment}'", experiment_names(),
-                              _relative(cdir / "experiment") + "/")
-        name, source = experiment, _relative(cdir / "experiment" / f"{experiment}.yaml")
-    hydra_overrides = [f"+experiment={name}", *overrides]
-    if extra_dir is not None:
-        hydra_overrides.insert(0, f"hydra.searchpath=[file://{extra_dir}]")
+    names = experiment_names()
+    is_file = experiment not in names and (path.suffix in (".yaml", ".yml") or os.sep in experiment)
+    bad = [o for o in overrides if not isinstance(o, str) or "\x00" in o]
+    if bad:
+        raise ConfigError("overrides", f"{bad[0]!r} is not a key=value override", None, experiment)
     try:
-        with initialize_config_dir(config_dir=str(cdir), version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=hydra_overrides)
-        raw = OmegaConf.to_container(cfg, resolve=True)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise _hydra_error(e, source) from None
+        if is_file:
+            if not path.exists():
+                raise UserError(f"{experiment}: experiment file not found")
+            extra_dir = Path(tempfile.mkdtemp(prefix="clrepro-exp-"))
+            hydra_name = _user_copy(path, extra_dir)
+            name, source = _safe_stem(path.stem), str(path)
+        else:
+            if experiment not in names:
+                raise ConfigError("experiment", f"unknown experiment '{experiment}'", names,
+                                  _relative(cdir / "experiment") + "/")
+            hydra_name, source = experiment, _relative(cdir / "experiment" / f"{experiment}.yaml")
+            name = experiment
+        hydra_overrides = [f"+experiment={hydra_name}", *overrides]
+        if extra_dir is not None:
+            hydra_overrides.insert(0, f"hydra.searchpath=[file://{extra_dir}]")
+        try:
+            with initialize_config_dir(config_dir=str(cdir), version_base="1.3"):
+                cfg = hydra_compose(config_name="config", overrides=hydra_overrides)
+            raw = OmegaConf.to_container(cfg, resolve=True)
+        except UserError:
+            raise
+        except Exception as e:  # Hydra, OmegaConf, YAML and I/O errors of the composition: one line
+            raise _hydra_error(e, source, extra_dir, str(path) if extra_dir else None) from None
     finally:
         if extra_dir is not None:
             shutil.rmtree(extra_dir, ignore_errors=True)
+    if not isinstance(raw, dict):
+        raise ConfigError("config", "the composed config is not a mapping", None, source)
     raw.setdefault("name", name)
     if raw.get("name") == "experiment":
         raw["name"] = name
@@ -121,6 +175,8 @@ def components(cfg: ExperimentConfig) -> Components:
     if cfg.scenario not in al.scenarios:
         raise ConfigError("scenario", f"'{cfg.scenario}' is not supported by algorithm '{al.registry_name}'",
                           al.scenarios)
+    if hasattr(bm, "check_config"):
+        bm.check_config(comp.benchmark_cfg)
     al.check_config(comp.algorithm_cfg, bb)
     if cfg.unlearning.requests:
         from clrepro.engine.unlearning import UnlearningPlan
@@ -132,12 +188,34 @@ def components(cfg: ExperimentConfig) -> Components:
     return comp
 
 
+def _check_references(cfg: ExperimentConfig, num_tasks: int) -> None:
+    """Each `references.<kind>` path is read now, and its task count checked, before any training step."""
+    from clrepro.metrics.io import read_acc_matrix, read_joint_row
+
+    for kind in ("independent", "joint", "random"):
+        setting = getattr(cfg.references, kind)
+        if setting in ("auto", "off"):
+            continue
+        key = f"references.{kind}"
+        try:
+            mat = read_joint_row(setting) if kind == "joint" else read_acc_matrix(setting)
+        except UserError as e:
+            raise ConfigError(key, str(e), "auto, off, or a path to an acc.csv") from None
+        if mat.shape[-1] != num_tasks:
+            raise ConfigError(key, f"{setting} has {mat.shape[-1]} tasks, the benchmark has {num_tasks}",
+                              f"an acc.csv of {num_tasks} tasks")
+
+
 def validate(raw: dict, source: str | None = None) -> ExperimentConfig:
-    """Typed ExperimentConfig from a composed mapping; every component resolved and checked."""
+    """Typed ExperimentConfig from a composed mapping; every component resolved and checked, cross-field
+    checks and the reference files included (everything that can be checked before training)."""
     try:
+        if not isinstance(raw, dict):
+            raise ConfigError("config", f"expected a mapping, got {type(raw).__name__}")
         cfg = build(ExperimentConfig, raw, "config", extra_ok=("hydra",))
         # re-key top-level errors without the synthetic prefix
-        components(cfg)
+        comp = components(cfg)
+        _check_references(cfg, comp.benchmark_cfg.num_tasks)
     except ConfigError as e:
         raise e.located(source, strip="config.") from None
     return cfg

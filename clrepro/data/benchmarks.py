@@ -14,6 +14,7 @@ from clrepro.data.sources import (COMBINED20, COMBINED_SOURCES, SOURCES, SourceD
                                   validation_split)
 from clrepro.data.task import Split, Task
 from clrepro.errors import ConfigError
+from clrepro.limits import INT64_MAX, MAX_TASKS
 from clrepro.registry import BENCHMARKS
 
 
@@ -32,8 +33,14 @@ class Benchmark:
     Config: type
 
     def __init__(self, cfg) -> None:
+        type(self).check_config(cfg)
         self.cfg = cfg
         self._key = (type(self).__name__, json.dumps(dataclasses.asdict(cfg), sort_keys=True))
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Cross-field checks of the validated hyperparameters, run when the config is validated (before any
+        data is loaded or any training step); ConfigError naming the key."""
 
     def task(self, t: int) -> Task:
         """Task t, built once per process (read-only: runs share the tensors) within TASK_CACHE_BYTES."""
@@ -74,9 +81,10 @@ class Benchmark:
 @dataclass
 class PermutedConfig:
     source: str = hp("mnist_embedded", choices=tuple(SOURCES), doc="image source (see `clrepro list sources`)")
-    num_tasks: int = hp(5, low=1, doc="number of permutations (tasks)")
+    num_tasks: int = hp(5, low=1, high=MAX_TASKS, doc="number of permutations (tasks)")
     val_fraction: float = hp(0.1, low=0.0, high=0.5, doc="validation share of the train pool (seed 42)")
-    permutation_seeds: list[int] | None = hp(None, doc="per-task permutation seeds; default t-1 (metrics.md §3.2)")
+    permutation_seeds: list[int] | None = hp(None, low=0, high=INT64_MAX,
+                                             doc="per-task permutation seeds; default t-1 (metrics.md §3.2)")
     task1_default_seed_parity: bool = hp(True, doc="a seed of 0 leaves the generator at torch's default seed, "
                                                    "as the reference does for task 1; false seeds it with 0",
                                          bug="metrics.md §3.2, §5.8")
@@ -90,11 +98,15 @@ class Permuted(Benchmark):
 
     Config = PermutedConfig
 
-    def __init__(self, cfg: PermutedConfig) -> None:
-        super().__init__(cfg)
+    @classmethod
+    def check_config(cls, cfg: PermutedConfig) -> None:
         seeds = cfg.permutation_seeds
         if seeds is not None and len(seeds) < cfg.num_tasks:
-            raise ConfigError("benchmark.permutation_seeds", f"has {len(seeds)} seeds for {cfg.num_tasks} tasks")
+            raise ConfigError("benchmark.permutation_seeds", f"has {len(seeds)} seeds for {cfg.num_tasks} tasks",
+                              f"at least {cfg.num_tasks} seeds")
+        if seeds is not None and len(set(seeds[:cfg.num_tasks])) < cfg.num_tasks:
+            raise ConfigError("benchmark.permutation_seeds", "repeats a seed, so two tasks would be the same "
+                              "permutation", "distinct seeds")
 
     def num_classes(self, t: int) -> int:
         return self.data.num_classes
@@ -126,9 +138,9 @@ class Permuted(Benchmark):
 @dataclass
 class SplitConfig:
     source: str = hp("mnist_embedded", choices=tuple(SOURCES), doc="image source (see `clrepro list sources`)")
-    num_tasks: int = hp(5, low=1, doc="number of tasks")
-    classes_per_task: int = hp(2, low=1, doc="consecutive classes of `class_order` per task")
-    class_order: list[int] | None = hp(None, doc="class order before splitting; default 0..C-1")
+    num_tasks: int = hp(5, low=1, high=MAX_TASKS, doc="number of tasks")
+    classes_per_task: int = hp(2, low=1, high=100_000, doc="consecutive classes of `class_order` per task")
+    class_order: list[int] | None = hp(None, low=0, unique=True, doc="class order before splitting; default 0..C-1")
     val_fraction: float = hp(0.1, low=0.0, high=0.5, doc="validation share of each task's train pool (seed 42)")
     root: str | None = hp(None, doc="data folder for torchvision sources (default $CLREPRO_DATA or ~/.cache)")
     download: bool = hp(True, doc="let torchvision download a missing source (never for embedded sources)")
@@ -139,6 +151,22 @@ class SplitClasses(Benchmark):
     """Split: the source's classes cut into disjoint groups, one group per task, labels remapped to 0..C_t-1."""
 
     Config = SplitConfig
+
+    @classmethod
+    def check_config(cls, cfg: SplitConfig) -> None:
+        from clrepro.data.sources import SOURCE_CLASSES
+
+        classes = SOURCE_CLASSES.get(cfg.source)
+        if cfg.class_order is not None:
+            if classes is not None and max(cfg.class_order, default=0) >= classes:
+                bad = next(c for c in cfg.class_order if c >= classes)
+                raise ConfigError("benchmark.class_order", f"class {bad} does not exist in '{cfg.source}'",
+                                  f"0..{classes - 1}")
+        total = len(cfg.class_order) if cfg.class_order is not None else classes
+        if total is not None and cfg.num_tasks * cfg.classes_per_task > total:
+            what = "benchmark.class_order" if cfg.class_order is not None else f"'{cfg.source}'"
+            raise ConfigError("benchmark.num_tasks", f"{cfg.num_tasks} tasks x {cfg.classes_per_task} classes "
+                              f"exceed the {total} classes of {what}", f"num_tasks <= {total // cfg.classes_per_task}")
 
     def _order(self) -> list[int]:
         return list(self.cfg.class_order) if self.cfg.class_order is not None else list(range(self.data.num_classes))
@@ -172,12 +200,13 @@ class SplitClasses(Benchmark):
 class CombinedConfig:
     sources: list[str] = hp(list(COMBINED20), choices=tuple(COMBINED_SOURCES),
                             doc="one source per task, in order (default: the 20 of metrics.md §3.5)")
-    num_tasks: int = hp(20, low=1, doc="number of tasks: the first num_tasks sources (at most len(sources))")
+    num_tasks: int = hp(20, low=1, high=MAX_TASKS,
+                        doc="number of tasks: the first num_tasks sources (at most len(sources))")
     val_fraction: float = hp(0.1, low=0.0, high=0.5, doc="validation share of each train pool (random_split, "
                                                           "seed 42); DTD and Country211 use their official val")
     test_fraction: float = hp(0.1, low=0.0, high=0.5, doc="test share for sources without a test split "
                                                            "(caltech101, eurosat; random_split, seed 42)")
-    size: int = hp(32, low=1, doc="every input is resized to size x size when it is not already")
+    size: int = hp(32, low=1, high=4096, doc="every input is resized to size x size when it is not already")
     channels: int = hp(3, choices=(1, 3), doc="3: grayscale sources repeated over 3 channels; 1: grayscale")
     root: str | None = hp(None, doc="data folder (default $CLREPRO_DATA or ~/.cache/clrepro/data); folder sources "
                                     "live in <root>/<source>/{train,test}/<class>/")
@@ -190,8 +219,8 @@ class Combined(Benchmark):
 
     Config = CombinedConfig
 
-    def __init__(self, cfg: CombinedConfig) -> None:
-        super().__init__(cfg)
+    @classmethod
+    def check_config(cls, cfg: CombinedConfig) -> None:
         unknown = [s for s in cfg.sources if s not in COMBINED_SOURCES]
         if unknown:
             raise ConfigError("benchmark.sources", f"{unknown[0]!r} is not allowed", tuple(COMBINED_SOURCES))

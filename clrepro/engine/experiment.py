@@ -17,6 +17,7 @@ from clrepro.engine.loop import Engine, run
 from clrepro.engine.references import cul_reference_config, needed_cul_references, needed_references, reference_config
 from clrepro.engine.unlearning import UnlearningPlan
 from clrepro.engine.result import RunResult
+from clrepro.errors import UserError
 from clrepro.metrics.cl import compute_cl_metrics
 from clrepro.metrics.io import read_acc_matrix, read_joint_row, write_acc_csv, write_joint_csv
 
@@ -34,6 +35,23 @@ class ExperimentResult:
     out_dir: Path | None = None
     wall_seconds: float = 0.0
     engine_seconds: float = 0.0  # training + evaluation of the main and the reference runs computed here
+
+
+class RunFailed(UserError):
+    """A run that failed (or was interrupted) after training started; what it produced is kept in `kept_in`
+    with a manifest whose status says so. Exit code 1: the input was valid, the run was not."""
+
+    exit_code = 1
+
+    def __init__(self, stage: str, error: BaseException, kept_in: Path | None, kept: list[str]) -> None:
+        self.stage, self.error, self.kept_in, self.kept = stage, error, kept_in, kept
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        super().__init__(f"{stage} failed: {type(error).__name__}" + (f": {first}" if first else ""))
+
+    def where(self) -> str:
+        if self.kept_in is None:
+            return "nothing was written"
+        return f"partial outputs kept in {self.kept_in}: {', '.join(self.kept)}"
 
 
 class ReferenceCache:
@@ -110,29 +128,56 @@ def _cul(cfg: ExperimentConfig, engine: Engine, acc: np.ndarray, seed: int, list
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, listeners: Iterable = (),
                    reference_listeners: Iterable | None = None, seed: int | None = None,
                    reference_cache: ReferenceCache | None = None) -> ExperimentResult:
-    """Run main + needed references with one seed, compute AA/BWT/FWT/FR, write the run folder if asked."""
+    """Run main + needed references with one seed, compute AA/BWT/FWT/FR, write the run folder if asked.
+
+    A run that fails once training has started raises RunFailed after writing what it produced to `out_dir`
+    (matrix so far, history, config, references done, manifest with status FAILED, error.txt); an interrupted
+    one does the same with status KILLED and re-raises KeyboardInterrupt. Errors before training (a bad
+    device, missing data) propagate unchanged and write nothing.
+    """
     start = time.perf_counter()
     seed = cfg.seed if seed is None else seed
     resolved = resolved_dict(cfg)
     resolved["seed"] = seed
     chash = config_hash(resolved)
-    engine = Engine(cfg, seed, listeners)
-    main = engine.run()
+    engine, main, stage = None, None, "main run"
     refs, sources = {}, {}
-    engine_seconds = main.train_seconds + main.eval_seconds
-    for kind in needed_references(cfg):
-        if getattr(cfg.references, kind) == "off":
-            continue
-        refs[kind], sources[kind], seconds = _reference(cfg, kind, seed, reference_listeners or (), reference_cache)
-        engine_seconds += seconds
-    metrics = compute_cl_metrics(main.acc, independent=refs.get("independent"), joint=refs.get("joint"),
-                                 random=refs.get("random"), fr_variant=cfg.fr_variant)
-    cul, cul_seconds = {}, 0.0
-    if engine.plan is not None or any(m in cfg.metrics for m in CUL_METRICS):
-        cul, cul_refs, cul_seconds = _cul(cfg, engine, main.acc, seed, reference_listeners or ())
-        refs.update(cul_refs)
-        sources.update({k: "run" for k in cul_refs})
-        metrics.update(cul)
+    try:
+        engine = Engine(cfg, seed, listeners)
+        main = engine.run()
+        engine_seconds = main.train_seconds + main.eval_seconds
+        for kind in needed_references(cfg):
+            if getattr(cfg.references, kind) == "off":
+                continue
+            stage = f"reference run '{kind}'"
+            refs[kind], sources[kind], seconds = _reference(cfg, kind, seed, reference_listeners or (),
+                                                            reference_cache)
+            engine_seconds += seconds
+        stage = "metrics"
+        metrics = compute_cl_metrics(main.acc, independent=refs.get("independent"), joint=refs.get("joint"),
+                                     random=refs.get("random"), fr_variant=cfg.fr_variant)
+        cul, cul_seconds = {}, 0.0
+        if engine.plan is not None or any(m in cfg.metrics for m in CUL_METRICS):
+            stage = "continual-unlearning references"
+            cul, cul_refs, cul_seconds = _cul(cfg, engine, main.acc, seed, reference_listeners or ())
+            refs.update(cul_refs)
+            sources.update({k: "run" for k in cul_refs})
+            metrics.update(cul)
+    except BaseException as e:
+        partial = main if main is not None else (engine.partial_result() if engine is not None else None)
+        if partial is None:  # failed before the first training step: nothing to keep
+            raise
+        interrupted = not isinstance(e, Exception)
+        kept_in, kept = None, []
+        if out_dir is not None:
+            kept = write_partial_run_folder(Path(out_dir), partial, refs, sources, resolved, chash, seed,
+                                            "KILLED" if interrupted else "FAILED", stage, e,
+                                            time.perf_counter() - start)
+            kept_in = Path(out_dir)
+        if interrupted:
+            e.clrepro_partial = RunFailed(stage, e, kept_in, kept)  # the CLI says where the outputs are
+            raise
+        raise RunFailed(stage, e, kept_in, kept) from e
     del engine
     engine_seconds += cul_seconds
     metrics = {k: v for k, v in metrics.items() if k in cfg.metrics or k == "series" or k.startswith("cul_")}
@@ -145,6 +190,44 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, lis
     if out_dir is not None:
         write_run_folder(result, Path(out_dir), seed)
     return result
+
+
+def write_partial_run_folder(out: Path, main: RunResult, refs: dict, sources: dict, resolved: dict, chash: str,
+                             seed: int, status: str, stage: str, error: BaseException, wall: float) -> list[str]:
+    """What a failed or interrupted run produced, with a manifest saying so; returns the files written."""
+    import traceback
+
+    import yaml
+
+    from clrepro.tracking.manifest import manifest
+
+    out.mkdir(parents=True, exist_ok=True)
+    done = [n for n in range(1, main.acc.shape[0] + 1) if not np.isnan(main.acc[n - 1]).all()]
+    T = main.acc.shape[1]
+    kept = []
+    if main.multitask:
+        if done:
+            write_joint_csv(out / "acc.csv", main.acc[0])
+            kept.append("acc.csv (joint row)")
+    else:
+        write_acc_csv(out / "acc.csv", main.acc, task_ids=done)
+        write_acc_csv(out / "loss_cls.csv", main.loss, task_ids=done, value_name="average_classification_loss")
+        kept += [f"acc.csv ({len(done)} of {T} tasks)", "loss_cls.csv"]
+    for kind, mat in refs.items():
+        if sources.get(kind) in ("run", "cache") and kind in ("independent", "joint", "random"):
+            (write_joint_csv if kind == "joint" else write_acc_csv)(out / f"ref{kind}" / "acc.csv", mat)
+            kept.append(f"ref{kind}/acc.csv")
+    (out / "history.json").write_text(json.dumps(main.history) + "\n")
+    (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    text = "".join(traceback.format_exception(error))
+    (out / "error.txt").write_text(text)
+    first = (str(error).strip().splitlines() or [""])[0]
+    info = {"status": status, "failed_in": stage, "error": f"{type(error).__name__}: {first}".rstrip(": "),
+            "tasks_done": len(done), "num_tasks": T,
+            "timings": {"main_wall_seconds": round(main.wall_seconds, 3), "steps": main.steps}}
+    (out / "manifest.json").write_text(json.dumps(manifest(seed, chash, main.device, wall, info), indent=2) + "\n")
+    kept += ["history.json", "config.yaml", "error.txt", f"manifest.json (status {status})"]
+    return kept
 
 
 def write_run_folder(result: ExperimentResult, out: Path, seed: int) -> Path:
@@ -175,7 +258,8 @@ def write_run_folder(result: ExperimentResult, out: Path, seed: int) -> Path:
                "main_wall_seconds": round(main.wall_seconds, 3), "engine_seconds": round(result.engine_seconds, 3),
                "steps": main.steps}
     (out / "manifest.json").write_text(json.dumps(
-        manifest(seed, result.config_hash, main.device, result.wall_seconds, {"timings": timings}), indent=2) + "\n")
+        manifest(seed, result.config_hash, main.device, result.wall_seconds, {"status": "FINISHED", "timings": timings}),
+        indent=2) + "\n")
     (out / "history.json").write_text(json.dumps(main.history) + "\n")
     accuracy_heatmap(main.acc, out / "acc_matrix.png", f"{result.config.get('name', '')} (seed {seed})")
     task_curves(main.acc, out / "task_curves.png", f"{result.config.get('name', '')} (seed {seed})")

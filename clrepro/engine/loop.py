@@ -38,12 +38,15 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 def make_fabric(cfg: ExperimentConfig, listeners: Iterable = ()):
     """A single-device Fabric for this run; listeners become Fabric callbacks."""
     from lightning.fabric import Fabric
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     t = cfg.trainer
     try:
         return Fabric(accelerator=t.accelerator, devices=t.devices, precision=t.precision, callbacks=list(listeners))
-    except (ValueError, RuntimeError) as e:
-        raise UserError(f"trainer.accelerator/devices/precision: {str(e).splitlines()[0]}") from None
+    except (ValueError, RuntimeError, TypeError, MisconfigurationException) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"trainer.accelerator/devices/precision ({t.accelerator}, {t.devices}, {t.precision}): "
+                        f"{first}") from None
 
 
 def build_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
@@ -252,6 +255,7 @@ class Engine:
         acc = np.full((1 if algo.multitask else T, T), np.nan)
         loss = np.full_like(acc, np.nan)
         extras, train_s, eval_s = [], 0.0, 0.0
+        self._partial = (acc, loss, extras, start)  # filled in place: what a failed run keeps
         if algo.multitask:
             tasks = [self._task(t) for t in range(1, T + 1)]
             x = torch.cat([t.train.x for t in tasks])
@@ -314,6 +318,15 @@ class Engine:
                            time.perf_counter() - start, self.global_step, str(self.device))
         self.fabric.call("on_run_end", result=result)
         return result
+
+
+    def partial_result(self) -> RunResult | None:
+        """The matrices, extras and history so far of a run that did not finish (None if it never started)."""
+        if getattr(self, "_partial", None) is None:
+            return None
+        acc, loss, extras, start = self._partial
+        return RunResult(acc.copy(), loss.copy(), self.algorithm.multitask, list(extras), list(self.history), 0.0, 0.0,
+                         time.perf_counter() - start, self.global_step, str(self.device))
 
 
 def run(cfg: ExperimentConfig, seed: int | None = None, listeners: Iterable = ()) -> RunResult:

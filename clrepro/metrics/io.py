@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 
 from clrepro.errors import UserError
+from clrepro.files import read_csv
+from clrepro.limits import MAX_TASKS
 
 ROW_COL, AVG_COL = "after_training_task", "average_accuracy"
 _TASK_COL = re.compile(r"^test_on_task_(\d+)$")
@@ -55,70 +57,100 @@ def write_joint_csv(path, row) -> None:
     frame.to_csv(path, index=False)
 
 
-def _read(path) -> tuple[pd.DataFrame, dict[int, str]]:
-    """The file as strings (empty cells NaN) and its task columns {t: name}; UserError on any problem."""
-    if not Path(path).is_file():
-        raise UserError(f"{path}: file not found")
-    try:
-        frame = pd.read_csv(path, dtype=str, skipinitialspace=True)
-    except pd.errors.EmptyDataError:
-        raise UserError(f"{path}: file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable CSV ({first})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    tasks = {int(m.group(1)): c for c in frame.columns if (m := _TASK_COL.match(c))}
-    if not tasks or min(tasks) < 1:
+def _read(path) -> tuple[list[str], list[tuple[int, list[str]]], dict[int, int]]:
+    """(header, rows, {t: column index}) of an acc.csv; UserError on any problem. The task columns must be
+    exactly test_on_task_1..T (T <= MAX_TASKS), each once."""
+    header, rows = read_csv(path, "accuracy file")
+    tasks: dict[int, int] = {}
+    for i, c in enumerate(header):
+        m = _TASK_COL.match(c)
+        if m:
+            tasks[int(m.group(1))] = i
+        elif c not in (ROW_COL, AVG_COL) and not (i == 0 and c in ("", "Unnamed: 0")):  # a pandas index column
+            raise UserError(f"{path}: unexpected column {c!r} (expected {ROW_COL}, {AVG_COL}, test_on_task_1, ..., "
+                            "test_on_task_T)")
+    if not tasks:
         raise UserError(f"{path}: missing columns test_on_task_1..T (expected {ROW_COL}, {AVG_COL}, "
-                        f"test_on_task_1, ..., test_on_task_T; found {', '.join(frame.columns) or 'none'})")
-    return frame, tasks
+                        f"test_on_task_1, ..., test_on_task_T; found {', '.join(header) or 'none'})")
+    T = max(tasks)
+    if T > MAX_TASKS:
+        raise UserError(f"{path}: column test_on_task_{T}: at most {MAX_TASKS} tasks are supported")
+    missing = [t for t in range(1, T + 1) if t not in tasks]
+    if missing:
+        raise UserError(f"{path}: missing column test_on_task_{missing[0]} (task columns must be test_on_task_1.."
+                        f"test_on_task_{T})")
+    return header, rows, tasks
 
 
-def _numeric(path, frame: pd.DataFrame, column: str) -> np.ndarray:
-    values = pd.to_numeric(frame[column], errors="coerce")
-    bad = values.isna() & frame[column].notna()
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise UserError(f"{path}: non-numeric value {frame[column].iloc[i]!r} in column {column}, data row {i + 1}")
-    return values.to_numpy(dtype=float)
+def _cell(path, line: int, column: str, text: str) -> float:
+    """One cell: NaN if empty, else a finite number (UserError naming the line and column otherwise)."""
+    if text == "":
+        return np.nan
+    try:
+        v = float(text)
+    except ValueError:
+        raise UserError(f"{path}: non-numeric value {text[:40]!r} in column {column}, line {line}") from None
+    if not np.isfinite(v):
+        raise UserError(f"{path}: value {text!r} in column {column}, line {line} is not a finite number "
+                        "(leave the cell empty for a task not tested)")
+    return v
 
 
-def _task_values(path, frame: pd.DataFrame, tasks: dict[int, str]) -> dict[int, np.ndarray]:
-    out = {t: _numeric(path, frame, c) for t, c in tasks.items()}
-    for t, v in out.items():
-        if np.any((v < 0) | (v > 1)):
-            raise UserError(f"{path}: column {tasks[t]} has a value outside [0, 1] (accuracies are fractions, "
-                            "not percentages)")
-    return out
+def _accuracy(path, line: int, column: str, text: str) -> float:
+    v = _cell(path, line, column, text)
+    if not np.isnan(v) and not 0.0 <= v <= 1.0:
+        raise UserError(f"{path}: column {column}, line {line} has a value outside [0, 1] (accuracies are "
+                        "fractions, not percentages)")
+    return v
 
 
 def read_acc_matrix(path) -> np.ndarray:
-    """The (T, T) matrix acc[N-1, t-1] = a_{t,N}, rows placed by after_training_task; NaN where absent."""
-    frame, tasks = _read(path)
-    if ROW_COL not in frame.columns:
+    """The (T, T) matrix acc[N-1, t-1] = a_{t,N}, rows placed by after_training_task (NaN for rows absent).
+
+    A present row N must have a value for every task t <= N and none for t > N (a task not trained yet)."""
+    header, rows, tasks = _read(path)
+    if ROW_COL not in header:
         raise UserError(f"{path}: missing column {ROW_COL} (expected {ROW_COL}, {AVG_COL}, "
                         "test_on_task_1, ..., test_on_task_T)")
-    rows = _numeric(path, frame, ROW_COL)
-    if np.isnan(rows).any() or np.any(rows != np.round(rows)) or np.any(rows < 1):
-        raise UserError(f"{path}: column {ROW_COL} must hold task numbers 1, 2, ... in every row")
-    rows = rows.astype(int)
-    if len(set(rows)) != len(rows):
-        raise UserError(f"{path}: column {ROW_COL} repeats a task number")
-    values = _task_values(path, frame, tasks)
-    n_tasks = max(max(tasks), int(rows.max(initial=0)))
-    acc = np.full((n_tasks, n_tasks), np.nan)
-    for t, v in values.items():
-        acc[rows - 1, t - 1] = v
+    T, ri = max(tasks), header.index(ROW_COL)
+    acc = np.full((T, T), np.nan)
+    seen: dict[int, int] = {}
+    for line, cells in rows:
+        text = cells[ri]
+        n = int(text.split(".")[0]) if re.fullmatch(r"\d{1,6}(\.0*)?", text) else 0
+        if not 1 <= n <= T:
+            raise UserError(f"{path}: line {line}: {ROW_COL} must be a task number in 1..{T} (the task columns), "
+                            f"got {text[:40]!r}")
+        if n in seen:
+            raise UserError(f"{path}: column {ROW_COL} repeats a task number ({n}, lines {seen[n]} and {line})")
+        seen[n] = line
+        if AVG_COL in header:
+            _cell(path, line, AVG_COL, cells[header.index(AVG_COL)])
+        for t, ci in tasks.items():
+            v = _accuracy(path, line, header[ci], cells[ci])
+            if t <= n and np.isnan(v):
+                raise UserError(f"{path}: line {line} ({ROW_COL} {n}) has no value for {header[ci]} (every task "
+                                f"t <= {n} is tested after task {n})")
+            if t > n and not np.isnan(v):
+                raise UserError(f"{path}: line {line} ({ROW_COL} {n}) has a value for {header[ci]}, a task not "
+                                "trained yet (leave it empty)")
+            acc[n - 1, t - 1] = v
     return acc
 
 
 def read_joint_row(path) -> np.ndarray:
-    """The joint reference's accuracies a^J_t for t = 1..T (NaN for a missing task column)."""
-    frame, tasks = _read(path)
-    if len(frame) != 1:
-        raise UserError(f"{path}: a joint acc.csv must have exactly one data row, found {len(frame)}")
-    values = _task_values(path, frame, tasks)
+    """The joint reference's accuracies a^J_t for t = 1..T: one data row, a value for every task."""
+    header, rows, tasks = _read(path)
+    if len(rows) != 1:
+        raise UserError(f"{path}: a joint acc.csv must have exactly one data row, found {len(rows)}")
+    line, cells = rows[0]
+    if AVG_COL in header:
+        _cell(path, line, AVG_COL, cells[header.index(AVG_COL)])
     row = np.full(max(tasks), np.nan)
-    for t, v in values.items():
-        row[t - 1] = v[0]
+    for t, ci in tasks.items():
+        v = _accuracy(path, line, header[ci], cells[ci])
+        if np.isnan(v):
+            raise UserError(f"{path}: the joint row has no value for {header[ci]} (the joint model is tested on "
+                            "every task)")
+        row[t - 1] = v
     return row

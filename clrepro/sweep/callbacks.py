@@ -52,8 +52,12 @@ class SweepProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
-        self.done += 1
         result = trial.last_result or {}
+        if result.get("failed"):  # the trial's own error (it is not a Tune error, so it is not retried)
+            self.failed += 1
+            self._refresh()
+            return
+        self.done += 1
         value = result.get("objective")
         search_done = not result.get("final") and not result.get("partial", True)  # final-group seeds don't rank
         if search_done and value is not None and math.isfinite(value):

@@ -53,16 +53,17 @@ class FinalGroupSearcher(Searcher):
         return self.queue.pop(0) if self.queue else Searcher.FINISHED
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self.search_ids:
+        if trial_id in self.search_ids and not result.get("failed") and _finite(result.get("objective")):
             self.inner.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self.search_ids:
             return
-        if not error and result and not result.get("partial", True) and _finite(result.get("objective")):
+        failed = bool(error) or bool((result or {}).get("failed"))  # a Tune error, or the trial's own
+        if not failed and result and not result.get("partial", True) and _finite(result.get("objective")):
             self.inner.on_trial_complete(trial_id, result=result, error=False)
         else:  # failed → FAIL, stopped early by the scheduler → PRUNED
-            self.inner.on_trial_complete(trial_id, result=None, error=bool(error))
+            self.inner.on_trial_complete(trial_id, result=None, error=failed)
 
     def save(self, checkpoint_path: str) -> None:
         with tempfile.TemporaryDirectory() as d:

@@ -18,7 +18,7 @@ from clrepro.errors import ConfigError, UserError
 from clrepro.sweep.spec import SweepSpec, apply_params, grid_size, load_sweep, optuna_space
 from clrepro.sweep.trial import TrialContext, log_trial_summary
 from clrepro.tracking.mlflow_store import (GROUP, LEVEL, PARENT, SWEEP, SWEEP_DIR, TAG, TRIAL_ID, MlflowStore,
-                                           absolute_tracking_uri, flatten)
+                                           checked_tracking_uri, flatten)
 
 
 @dataclass
@@ -48,6 +48,8 @@ class SweepOutcome:
     engine_seconds: float = 0.0
     trial_seconds: float = 0.0  # time inside trial functions (Tune's time_total_s), logging included
     slots: int = 1
+    retried: int = 0  # trial restarts after a lost worker (Tune's FailureConfig)
+    closed_on_resume: int = 0  # runs an earlier, killed driver left RUNNING, closed as KILLED on --resume
 
     @property
     def efficiency(self) -> float:
@@ -74,16 +76,34 @@ def _interrupted(results, total: int) -> bool:
     return len(trials) < total or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
+def _probes(dim) -> list:
+    """The values of a dimension the config is checked with: every categorical choice, both bounds."""
+    if dim.type == "categorical":
+        return list(dim.choices)
+    if dim.type == "int":
+        return [int(dim.low), int(dim.high)]
+    return [float(dim.low), float(dim.high)]
+
+
 def base_config(spec: SweepSpec, source: str) -> dict:
-    """The experiment's resolved config; every search-space key is checked against it up front."""
-    cfg = resolved_dict(load_experiment(spec.experiment.name, spec.experiment.overrides))
+    """The experiment's resolved config; every search-space value Optuna may sample is checked up front
+    (each categorical choice, the bounds of a range) against the experiment's schema."""
+    try:
+        cfg = resolved_dict(load_experiment(spec.experiment.name, spec.experiment.overrides))
+    except ConfigError as e:
+        where = f" (in {e.source})" if e.source and e.source != spec.experiment.name else ""
+        raise ConfigError(f"experiment: {e.key}", f"{e.problem}{where}", e.allowed, source) from None
+    except UserError as e:
+        raise ConfigError("experiment.name", str(e), None, source) from None
     for key, dim in spec.search_space.items():
-        probe = dim.choices[0] if dim.type == "categorical" else (int(dim.low) if dim.type == "int" else dim.low)
-        try:
-            from_resolved(apply_params(cfg, {key: probe}))
-        except ConfigError as e:
-            raise ConfigError(f"search_space.{key}", e.problem if e.key == key else f"{e.key}: {e.problem}",
-                              e.allowed, source) from None
+        for probe in _probes(dim):
+            try:
+                from_resolved(apply_params(cfg, {key: probe}))
+            except ConfigError as e:
+                problem = e.problem if e.key == key else f"{e.key}: {e.problem}"
+                if dim.type == "categorical" and len(dim.choices) > 1:
+                    problem = f"choice {probe!r}: {problem}"
+                raise ConfigError(f"search_space.{key}", problem, e.allowed, source) from None
     return cfg
 
 
@@ -102,12 +122,35 @@ def _sweep_dir(spec: SweepSpec, root: Path, resume: str | bool | None) -> tuple[
     return path, True
 
 
+def _check_address(address: str) -> None:
+    """`--address`: auto, ray://..., or HOST:PORT of a GCS that answers (ray.init would otherwise wait)."""
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UserError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    import socket
+
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as e:
+        raise UserError(f"--address {address}: no Ray cluster answers there ({e.strerror or e})") from None
+
+
 def _init_ray(address: str | None, num_cpus: int | None):
-    """Connect to a Ray cluster, or start a local one; returns (ray, whether we started it)."""
+    """Connect to a Ray cluster, or start a local one; returns (ray, whether we started it).
+
+    A local sweep always starts its own instance (`address="local"`): it never joins another cluster running
+    on the machine, whatever RAY_ADDRESS says."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # a failed trial's last result: no objective
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # tracebacks go to the trial folders' error.txt
     if not address:
-        # a local cluster: every process must agree on the auth mode (docs/stack.md)
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # a local cluster: every process must agree on the auth mode (docs/stack.md); its own, not the shell's
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        os.environ.pop("RAY_ADDRESS", None)
+    else:
+        _check_address(address)
     import ray
 
     if ray.is_initialized():
@@ -118,10 +161,27 @@ def _init_ray(address: str | None, num_cpus: int | None):
         # only compete with the first trials for the CPUs.
         kwargs["_system_config"] = {"prestart_worker_first_driver": False}
     try:
-        ray.init(**(dict(address=address) if address else dict(num_cpus=num_cpus)), **kwargs)
+        ray.init(**(dict(address=address) if address else dict(address="local", num_cpus=num_cpus)), **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
+        if not address:
+            raise UserError(f"cannot start a local Ray instance ({str(e).splitlines()[0]})") from None
         raise UserError(f"--address {address}: cannot reach Ray ({str(e).splitlines()[0]})") from None
     return ray, True
+
+
+def _check_resources(ray, spec: SweepSpec, source: str) -> None:
+    """Fail fast when no node of the cluster can ever hold one trial (Tune would wait forever)."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    total = ray.cluster_resources()
+    have = f"CPU {total.get('CPU', 0):g}, GPU {total.get('GPU', 0):g}"
+    for key, need in (("cpu", spec.resources.cpu), ("gpu", spec.resources.gpu)):
+        if need <= 0:
+            continue
+        best = max((n.get(key.upper(), 0) for n in nodes), default=0)
+        if need > best + 1e-9:
+            where = f"the cluster has {have}" + (f"; its largest node {best:g} {key.upper()}" if len(nodes) > 1 else "")
+            raise ConfigError(f"resources.{key}", f"{need:g} per trial, but {where}: no trial could start",
+                              f"at most {best:g}", source)
 
 
 class Background:
@@ -158,8 +218,28 @@ def _parent_run(store: MlflowStore, spec: SweepSpec, sweep_dir: Path, spec_path:
     import dataclasses
 
     store.log_params(run_id, flatten(dataclasses.asdict(spec)))
-    store.log_text(run_id, spec_path.read_text(), "sweep.yaml")
+    store.log_text(run_id, spec_path.read_text(errors="replace"), "sweep.yaml")
     return run_id
+
+
+def _sweep_runs(store: MlflowStore, sweep: str, parent: str, statuses=None) -> tuple[list, list]:
+    """(trial-level runs under the parent, seed-level runs under those trials) of one sweep."""
+    trials = store.find_runs({LEVEL: "trial", SWEEP: sweep, PARENT: parent})
+    ids = {t.info.run_id for t in trials}
+    seeds = [r for r in store.find_runs({LEVEL: "seed", SWEEP: sweep}, statuses=statuses)
+             if r.data.tags.get(PARENT) in ids]
+    if statuses is not None:
+        trials = [t for t in trials if t.info.status in set(statuses)]
+    return trials, seeds
+
+
+def _close_running(store: MlflowStore, sweep: str, parent: str, status: str, reason: str) -> int:
+    """Every trial and seed run of the sweep still RUNNING gets `status` (KILLED: stopped; FAILED: errored)."""
+    trials, seeds = _sweep_runs(store, sweep, parent, statuses=["RUNNING"])
+    for run in [*seeds, *trials]:
+        store.set_tags(run.info.run_id, {TAG + "ended_by": reason})
+        store.set_status(run.info.run_id, status)
+    return len(trials) + len(seeds)
 
 
 def _searcher(spec: SweepSpec, n_search: int):
@@ -207,6 +287,8 @@ def _summaries(results) -> list[TrialSummary]:
             text = str(r.error).strip().splitlines()
             msg = next((l for l in reversed(text) if l.strip() and not l.startswith(" ")), str(r.error))
             out.append(TrialSummary(tid, "FAILED", params, error=msg[:300]))
+        elif m.get("failed"):
+            out.append(TrialSummary(tid, "FAILED", params, error=str(m.get("error", "trial failed"))[:300]))
         elif m.get("partial", True):
             out.append(TrialSummary(tid, "STOPPED", params, objective=m.get("objective")))
         else:
@@ -236,7 +318,7 @@ def _final_summaries(store: MlflowStore, results, trials: list[TrialSummary]) ->
         if m.get("run_id"):
             entry.update(run_id=m["run_id"], source=m["source"])
         if r.error is not None or m.get("acc") is None:
-            last = str(r.error).strip().splitlines()[-1] if r.error else "no result"
+            last = str(r.error).strip().splitlines()[-1] if r.error else m.get("error", "no result")
             entry["errors"].append(f"seed {final['seed']}: {last}")
         else:
             entry["records"].append({**{k: m.get(k) for k in METRICS}, "seed": m.get("seed"),
@@ -260,16 +342,44 @@ def _final_summaries(store: MlflowStore, results, trials: list[TrialSummary]) ->
     return out
 
 
-def _reconcile(store: MlflowStore, ctx: TrialContext, trials: list[TrialSummary]) -> None:
-    """Trial runs a trial could not close itself (stopped by the scheduler, actor lost) get their end state."""
-    for t in trials:
-        for run in store.find_runs({LEVEL: "trial", SWEEP: ctx.sweep, TRIAL_ID: t.trial_id, GROUP: "search",
-                                    PARENT: ctx.parent_run_id}, statuses=["RUNNING"]):
-            if t.status == "FAILED":
-                store.fail(run.info.run_id, t.error or "trial failed")
-            elif t.status == "STOPPED":
-                store.set_tags(run.info.run_id, {TAG + "stopped_by": "scheduler"})
-                store.set_status(run.info.run_id, "KILLED")
+def _tune_trials(results) -> list:
+    return list(getattr(getattr(results, "_experiment_analysis", None), "trials", None) or [])
+
+
+def _reconcile(store: MlflowStore, ctx: TrialContext, results, trials: list[TrialSummary]) -> None:
+    """No run of the sweep stays RUNNING once it ends. Trial runs a trial could not close itself (stopped by the
+    scheduler, worker lost) get their trial's end state, their seed runs too; a trial run whose Tune trial no
+    longer exists (started just before a kill -9, after Tune's last checkpoint, then suggested again under
+    another id on --resume) is closed as KILLED and deleted with its seed runs: every trial appears once."""
+    by_id = {t.trial_id: t for t in trials}
+    tune_ids = {t.trial_id for t in _tune_trials(results)}
+    runs, seeds = _sweep_runs(store, ctx.sweep, ctx.parent_run_id)
+    children: dict[str, list] = {}
+    for sr in seeds:
+        children.setdefault(sr.data.tags.get(PARENT), []).append(sr)
+    for run in runs:
+        rid, tid, group = run.info.run_id, run.data.tags.get(TRIAL_ID), run.data.tags.get(GROUP)
+        kids = children.get(rid, [])
+        if group == "search" and tune_ids and tid not in tune_ids:
+            for r in [*kids, run]:
+                if r.info.status == "RUNNING":
+                    store.set_tags(r.info.run_id, {TAG + "ended_by": "trial lost with a killed driver, re-run"})
+                    store.set_status(r.info.run_id, "KILLED")
+                store.delete_run(r.info.run_id)
+            continue
+        t = by_id.get(tid)
+        failed = t is not None and t.status == "FAILED"
+        for r in [*kids, run]:
+            if r.info.status != "RUNNING":
+                continue
+            if failed:
+                store.fail(r.info.run_id, t.error or "trial failed")
+            elif t is not None and t.status == "STOPPED":
+                store.set_tags(r.info.run_id, {TAG + "stopped_by": "scheduler"})
+                store.set_status(r.info.run_id, "KILLED")
+            else:
+                store.set_tags(r.info.run_id, {TAG + "ended_by": "sweep ended before this run"})
+                store.set_status(r.info.run_id, "KILLED")
 
 
 def _optuna_plots(store: MlflowStore, parent: str, spec: SweepSpec, trials: list[TrialSummary]) -> None:
@@ -313,12 +423,25 @@ def _optuna_plots(store: MlflowStore, parent: str, spec: SweepSpec, trials: list
 def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: str | None = None,
               resume: str | bool | None = None, tune_path: str | None = None, num_cpus: int | None = None,
               progress: bool = True, variant: str | None = None) -> SweepOutcome:
-    """Validate, search with Tune + Optuna, re-run the best on the report seeds, log everything to MLflow."""
+    """Validate, search with Tune + Optuna, re-run the best on the report seeds, log everything to MLflow.
+
+    Everything the inputs decide is checked before Ray starts (the sweep file, the experiment and every
+    search-space value, the tracking URI, the storage path) or right after (the resources a trial asks
+    against the cluster's), before anything is written. Once the parent run exists, the sweep ends with no
+    run RUNNING: FINISHED, FAILED (an error), or KILLED (interrupted; `--resume` continues it)."""
+    from clrepro.files import check_output_dir
+
     start = time.perf_counter()
     spec_path = Path(spec_path)
     spec = load_sweep(spec_path, variant)
-    uri = absolute_tracking_uri(tracking_uri or spec.storage.tracking_uri)
-    root = Path(tune_path or spec.storage.tune_path).resolve()
+    uri = checked_tracking_uri(tracking_uri or spec.storage.tracking_uri,
+                               "--tracking-uri" if tracking_uri else "storage.tracking_uri",
+                               None if tracking_uri else str(spec_path))
+    try:
+        root = check_output_dir(tune_path or spec.storage.tune_path, "--storage" if tune_path else
+                                f"{spec_path}: storage.tune_path", must_be_new=False).resolve()
+    except OSError as e:
+        raise UserError(f"{spec_path}: storage.tune_path: {e}") from None
     sweep_dir, resuming = _sweep_dir(spec, root, resume)
     if address and uri.startswith("sqlite:"):
         from clrepro.console import console
@@ -329,17 +452,26 @@ def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: s
     base = base_config(spec, str(spec_path))  # every problem in the sweep file is reported before Ray starts
 
     def prepare():
-        import ray.tune.search.optuna  # noqa: F401  (import while Ray starts: Tune, Optuna)
+        import mlflow.tracking  # noqa: F401  (imports while Ray starts: MLflow, Tune, Optuna)
+        import ray.tune.search.optuna  # noqa: F401
 
-        store = MlflowStore(uri)
-        exp_id = store.ensure_experiment(spec.name)
-        return store, exp_id, _parent_run(store, spec, sweep_dir, spec_path)
-
-    setup = Background(prepare)  # MLflow set-up in a thread while Ray starts here
+    setup = Background(prepare)
     started = False
+    store, parent, ctx = None, None, None
     try:
         ray, started = _init_ray(address, num_cpus)
-        store, exp_id, parent = setup.join()
+        setup.join()
+        _check_resources(ray, spec, str(spec_path))
+        try:
+            store = MlflowStore(uri)
+            exp_id = store.ensure_experiment(spec.name)
+        except Exception as e:  # the store refuses (permissions, a server error): one line, nothing started
+            store = None
+            raise UserError(f"tracking URI {uri}: MLflow cannot use it ({str(e).strip().splitlines()[0][:200]})") \
+                from None
+        parent = _parent_run(store, spec, sweep_dir, spec_path)
+        closed = _close_running(store, spec.name, parent, "KILLED", "an earlier run of the sweep was killed; "
+                                "resumed") if resuming else 0
         from ray import tune
 
         T = from_resolved(base).benchmark.get("num_tasks")
@@ -370,19 +502,21 @@ def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: s
                 tune_config=tune.TuneConfig(search_alg=_searcher(spec, n_search), scheduler=_scheduler(spec, len(spec.seeds.tune) * T),
                                             num_samples=total, reuse_actors=True),
                 run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(root), verbose=0,
-                                          callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=0),
+                                          callbacks=callbacks,
+                                          failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         logging.getLogger("ray.tune").setLevel(logging.WARNING)
         results = tuner.fit()
         if _interrupted(results, total):
+            _close_running(store, spec.name, parent, "KILLED", "sweep interrupted (Ctrl-C); --resume continues it")
             store.set_tags(parent, {TAG + "interrupted": "true"})
             store.set_status(parent, "KILLED")
             raise SweepInterrupted(f"{spec_path}: sweep interrupted; its state is saved in {sweep_dir}: "
                                    f"continue with `clrepro sweep {spec_path} --resume`")
         trials = _summaries(results)
         best = _best(trials, spec.objective.mode, spec.final.top_k)
-        _reconcile(store, ctx, trials)
         final = _final_summaries(store, results, trials)
+        _reconcile(store, ctx, results, trials)
         if best:
             store.set_tags(parent, {TAG + "best_trial": best[0].trial_id})
             store.log_params(parent, {f"best.{k}": v for k, v in best[0].params.items()})
@@ -391,15 +525,34 @@ def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: s
         outcome = SweepOutcome(spec, sweep_dir, uri, exp_id, parent, trials, final)
         outcome.engine_seconds = sum(t.engine_seconds for t in trials) + sum(f.get("engine_seconds", 0) for f in final)
         outcome.slots = slots
+        outcome.retried = sum(getattr(t, "num_failures", 0) or 0 for t in _tune_trials(results))
+        outcome.closed_on_resume = closed
         outcome.trial_seconds = sum((r.metrics or {}).get("time_total_s", 0.0) - (r.metrics or {}).get("wait_seconds", 0.0)
                                     for r in results)
         outcome.wall_seconds = time.perf_counter() - start
         store.log_metrics(parent, {"wall_seconds": outcome.wall_seconds, "efficiency": outcome.efficiency,
                                    "occupancy": outcome.occupancy,
                                    "trials_done": sum(t.status == "DONE" for t in trials),
-                                   "trials_failed": sum(t.status == "FAILED" for t in trials)})
+                                   "trials_failed": sum(t.status == "FAILED" for t in trials),
+                                   "trials_retried": outcome.retried})
         store.set_status(parent, "FINISHED")
         return outcome
+    except SweepInterrupted:
+        raise
+    except BaseException as e:  # the sweep itself failed or was stopped: its runs say so, none stays RUNNING
+        if store is not None and parent is not None:
+            stopped = not isinstance(e, Exception)
+            try:
+                _close_running(store, spec.name, parent, "KILLED" if stopped else "FAILED",
+                               "sweep interrupted" if stopped else f"sweep failed: {type(e).__name__}")
+                if stopped:
+                    store.set_tags(parent, {TAG + "interrupted": "true"})
+                    store.set_status(parent, "KILLED")
+                else:
+                    store.fail(parent, e)
+            except Exception:  # the store is what failed: nothing more can be recorded
+                pass
+        raise
     finally:
         setup.thread.join()
         if started:

@@ -8,8 +8,23 @@ from pathlib import Path
 from typing import Any
 
 from clrepro.config.hparams import build, hp, read_mapping
-from clrepro.config.schema import CL_METRICS, METRICS
+from clrepro.config.schema import CL_METRICS, METRICS, name_problem
 from clrepro.errors import ConfigError
+from clrepro.limits import SEED_MAX
+
+
+def sweep_name_problem(name: str):
+    """A sweep name is one folder name (the Tune run) and an MLflow experiment name."""
+    if "/" in name:
+        return f"{name!r} contains '/' (it names one folder)", "letters, digits, _ . + = @ -"
+    return name_problem(name)
+
+
+def whole_if_above_one(v: float):
+    """Ray accepts fractional resources only below 1 (0.25 GPU packs four trials; 1.5 GPUs is refused)."""
+    if v > 1 and not float(v).is_integer():
+        return f"{v} is neither a fraction below 1 nor a whole number", "e.g. 0.25, 0.5, 1, 2"
+    return None
 
 
 @dataclass
@@ -38,28 +53,32 @@ class Objective:
 
 @dataclass
 class Seeds:
-    tune: list[int] = hp([1, 2, 3], low=0, doc="seeds every trial runs; their mean is the objective")
-    report: list[int] = hp([11, 12, 13], low=0, doc="disjoint seeds the best configuration is re-run on")
+    tune: list[int] = hp([1, 2, 3], low=0, high=SEED_MAX, min_len=1, unique=True,
+                         doc="seeds every trial runs; their mean is the objective")
+    report: list[int] = hp([11, 12, 13], low=0, high=SEED_MAX, unique=True,
+                           doc="disjoint seeds the best configuration is re-run on")
 
 
 @dataclass
 class Resources:
-    cpu: float = hp(1.0, low=0.0, low_open=True, doc="CPUs per trial (torch threads follow it)")
-    gpu: float = hp(0.0, low=0.0, doc="GPUs per trial; fractions pack trials (0.25 → 4 per GPU)")
+    cpu: float = hp(1.0, low=0.0, low_open=True, high=1024, check=whole_if_above_one,
+                    doc="CPUs per trial (torch threads follow it)")
+    gpu: float = hp(0.0, low=0.0, high=64, check=whole_if_above_one,
+                    doc="GPUs per trial; fractions pack trials (0.25 → 4 per GPU)")
 
 
 @dataclass
 class Scheduler:
     name: str = hp("none", choices=("none", "asha"), doc="ASHA's time axis is tasks completed")
-    grace_period: int = hp(2, low=1, doc="ASHA: tasks before the first cut")
-    reduction_factor: float = hp(2.0, low=1.0, low_open=True)
+    grace_period: int = hp(2, low=1, high=10**6, doc="ASHA: tasks before the first cut")
+    reduction_factor: float = hp(2.0, low=1.0, low_open=True, high=1000)
 
 
 @dataclass
 class Sampler:
     name: str = hp("tpe", choices=("tpe", "random", "grid"), doc="Optuna sampler (grid: categoricals only)")
-    seed: int = hp(0, low=0, doc="sampler seed (reproducible searches)")
-    n_startup_trials: int = hp(5, low=0, doc="TPE: random trials before modelling")
+    seed: int = hp(0, low=0, high=SEED_MAX, doc="sampler seed (reproducible searches)")
+    n_startup_trials: int = hp(5, low=0, high=10**6, doc="TPE: random trials before modelling")
 
 
 @dataclass
@@ -70,19 +89,23 @@ class Storage:
 
 @dataclass
 class Final:
-    top_k: int = hp(1, low=0, doc="best configurations re-run on the report seeds (0: none)")
+    top_k: int = hp(1, low=0, high=1000, doc="best configurations re-run on the report seeds (0: none)")
 
 
 @dataclass
 class SweepSpec:
-    name: str = hp(doc="sweep name: the MLflow experiment and the Tune run")
+    name: str = hp(check=sweep_name_problem, doc="sweep name: the MLflow experiment and the Tune run")
     experiment: ExperimentRef = field(default_factory=lambda: ExperimentRef("hat_pmnist"))
     search_space: dict[str, Dimension] = field(default_factory=dict)
     objective: Objective = field(default_factory=Objective)
     seeds: Seeds = field(default_factory=Seeds)
-    metrics: list[str] = hp(list(CL_METRICS), choices=METRICS, doc="metrics each seed run computes")
-    num_samples: int = hp(12, low=1, doc="trials (grid: ignored, one trial per grid point)")
-    max_concurrent_trials: int = hp(2, low=1)
+    metrics: list[str] = hp(list(CL_METRICS), choices=METRICS, min_len=1, unique=True,
+                            doc="metrics each seed run computes")
+    num_samples: int = hp(12, low=1, high=100_000, doc="trials (grid: ignored, one trial per grid point)")
+    max_concurrent_trials: int = hp(2, low=1, high=10_000)
+    max_failures: int = hp(2, low=0, high=100, doc="retries of a trial whose worker was lost (a node or actor "
+                                                    "failure, through Tune's FailureConfig); a trial's own error "
+                                                    "(NaN loss, an exception) is never retried")
     resources: Resources = field(default_factory=Resources)
     scheduler: Scheduler = field(default_factory=Scheduler)
     sampler: Sampler = field(default_factory=Sampler)
@@ -103,17 +126,33 @@ def expand_variants(raw: dict, path: Path) -> dict[str | None, dict]:
     its other keys replace the file's.
     """
     variants = raw.pop("variants", None)
+    if "variant" in raw:
+        raise ConfigError("variant", "is set from `variants:` (the file's keys)", ["variants"], str(path))
+    if isinstance(raw.get("experiment"), str):
+        raw["experiment"] = {"name": raw["experiment"]}
     if variants is None:
         return {None: raw}
     if not isinstance(variants, dict) or not variants:
         raise ConfigError("variants", "expected a non-empty mapping {name: {overrides, search_space, ...}}",
                           None, str(path))
+    exp = raw.get("experiment") or {}
+    if not isinstance(exp, dict) or not isinstance(exp.get("overrides", []), list):
+        raise ConfigError("experiment", "expected {name: ..., overrides: [...]}", None, str(path))
+    if not isinstance(raw.get("search_space") or {}, dict):
+        raise ConfigError("search_space", "expected a mapping {dotted.key: {type: ...}}", None, str(path))
     out = {}
     for name, v in variants.items():
+        if v is not None and not isinstance(v, dict):
+            raise ConfigError(f"variants.{name}", "expected a mapping", VARIANT_KEYS, str(path))
         v = dict(v or {})
         bad = [k for k in v if k not in VARIANT_KEYS]
         if bad:
             raise ConfigError(f"variants.{name}.{bad[0]}", "unknown key", VARIANT_KEYS, str(path))
+        if not isinstance(v.get("overrides", []), list):
+            raise ConfigError(f"variants.{name}.overrides", "expected a list of dotted overrides", None, str(path))
+        if not isinstance(v.get("search_space", {}), dict):
+            raise ConfigError(f"variants.{name}.search_space", "expected a mapping {dotted.key: {type: ...}}",
+                              None, str(path))
         r = copy.deepcopy(raw)
         r["name"] = f"{raw.get('name')}-{name}"
         r["variant"] = str(name)
@@ -126,20 +165,52 @@ def expand_variants(raw: dict, path: Path) -> dict[str | None, dict]:
     return out
 
 
+NOT_SEARCHABLE = {"seed": "the trial runs seeds.tune", "metrics": "set the sweep's `metrics`",
+                  "name": "the sweep names its runs"}
+
+
 def _check_dimension(key: str, d: Dimension) -> None:
+    """What Optuna's distributions accept, checked here so that a sweep never starts with a bad dimension."""
     k = f"search_space.{key}"
+    if not isinstance(key, str) or key in NOT_SEARCHABLE or not key or any(not p for p in key.split(".")):
+        why = NOT_SEARCHABLE.get(key, "not a dotted config key") if isinstance(key, str) else "not a string"
+        raise ConfigError(k, f"cannot be searched ({why})", "dotted config keys such as optimizer.lr")
     if d.type == "categorical":
         if not d.choices:
             raise ConfigError(f"{k}.choices", "a categorical dimension needs a non-empty list", None)
+        for c in d.choices:
+            if c is not None and not isinstance(c, (bool, int, float, str)):
+                raise ConfigError(f"{k}.choices", f"{c!r} is not a scalar (Optuna's categorical choices are "
+                                  "numbers, strings, booleans or null)", None)
+            if isinstance(c, float) and c != c or c in (float("inf"), float("-inf")):
+                raise ConfigError(f"{k}.choices", f"{c!r} is not allowed (a finite number is)")
+        if len(set(map(repr, d.choices))) != len(d.choices):
+            raise ConfigError(f"{k}.choices", f"repeats a choice in {d.choices}", "distinct choices")
+        extra = [n for n in ("low", "high", "step") if getattr(d, n) is not None] + (["log"] if d.log else [])
+        if extra:
+            raise ConfigError(f"{k}.{extra[0]}", "is not used by a categorical dimension", ["type", "choices"])
         return
+    if d.choices is not None:
+        raise ConfigError(f"{k}.choices", f"is not used by a {d.type} dimension (use type: categorical)",
+                          ["type", "low", "high", "log", "step"])
     if d.low is None or d.high is None:
         raise ConfigError(f"{k}.low/high", f"a {d.type} dimension needs both bounds")
     if d.low >= d.high:
         raise ConfigError(f"{k}.low", f"{d.low} is not below high={d.high}")
     if d.log and d.low <= 0:
         raise ConfigError(f"{k}.low", f"{d.low} must be > 0 for a log dimension")
-    if d.log and d.step is not None:
+    if d.log and d.step is not None and not (d.type == "int" and d.step == 1):
         raise ConfigError(f"{k}.step", "cannot be combined with log")
+    if d.type == "int":
+        for n in ("low", "high", "step"):
+            v = getattr(d, n)
+            if v is not None and not float(v).is_integer():
+                raise ConfigError(f"{k}.{n}", f"{v} is not an integer (an int dimension)")
+    if d.step is not None:
+        n = (d.high - d.low) / d.step
+        if abs(n - round(n)) > 1e-9 * max(1.0, abs(n)):
+            raise ConfigError(f"{k}.step", f"{d.step} does not divide high - low = {d.high - d.low}",
+                              "a step that divides the range")
 
 
 def load_sweeps(path: str | Path) -> list[SweepSpec]:
@@ -166,6 +237,8 @@ def _build(raw: dict, path: Path) -> SweepSpec:
     if isinstance(raw.get("experiment"), str):
         raw["experiment"] = {"name": raw["experiment"]}
     try:
+        if not isinstance(raw.get("search_space", {}), (dict, type(None))):
+            raise ConfigError("search_space", "expected a mapping {dotted.key: {type: ...}}")
         spec = build(SweepSpec, raw, "sweep", extra_ok=())
         if not spec.search_space:
             raise ConfigError("search_space", "is empty; name at least one dotted config key")

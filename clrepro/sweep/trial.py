@@ -125,19 +125,28 @@ def run_seed(ctx: TrialContext, store: MlflowStore, cfg, params: dict, seed: int
                 acc = read_acc_matrix(store.download(old.info.run_id, "acc.csv", Path(d)))
             m = old.data.metrics
             return _seed_record(m, acc, 0.0) | {"reused": True}
-        store.delete_run(old.info.run_id)  # interrupted mid-seed: start this seed afresh
+        # interrupted mid-seed (a lost worker, a killed sweep): closed as KILLED, then replaced by a new run
+        if old.info.status == "RUNNING":
+            store.set_tags(old.info.run_id, {TAG + "ended_by": "replaced after an interruption"})
+            store.set_status(old.info.run_id, "KILLED")
+        store.delete_run(old.info.run_id)
     run_id = store.create_run(f"{trial_key}-seed{seed}", {**tags, **run_tags(cfg)},
                               parent=trial_run)
-    try:
-        store.log_params(run_id, {**params, "seed": seed})
-        cache = ReferenceCache(ctx.ref_cache) if ctx.ref_cache else None
-        with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            store.log_params(run_id, {**params, "seed": seed})
+            cache = ReferenceCache(ctx.ref_cache) if ctx.ref_cache else None
             result = run_experiment(cfg, Path(d), listeners, seed=seed, reference_cache=cache)
             log_experiment_result(store, run_id, result, Path(d))
-        store.set_status(run_id, "FINISHED")
-    except BaseException as e:
-        store.fail(run_id, e)
-        raise
+            store.set_status(run_id, "FINISHED")
+        except BaseException as e:
+            if any(Path(d).iterdir()):  # a failed run's partial outputs (matrix so far, manifest with status)
+                try:
+                    store.log_artifacts(run_id, Path(d))
+                except Exception:  # the store itself failing must not hide the run's own error
+                    pass
+            store.end_with(run_id, e)
+            raise
     return _seed_record(result.metrics, result.main.acc, result.engine_seconds)
 
 
@@ -177,8 +186,34 @@ def trial_run(store: MlflowStore, ctx: TrialContext, trial_key: str, group: str,
     return run_id
 
 
+def _trial_error(e: BaseException) -> str:
+    """One line for the summary: the run's own error (RunFailed already names its stage and cause)."""
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    from clrepro.engine.experiment import RunFailed
+
+    return first if isinstance(e, RunFailed) else f"{type(e).__name__}: {first}".rstrip(": ")
+
+
+def _log_traceback(e: BaseException) -> None:
+    """The trial's traceback goes to its Tune log folder (error.txt), never to the sweep's terminal."""
+    import traceback
+
+    from ray import tune
+
+    try:
+        folder = Path(tune.get_context().get_trial_dir())
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "error.txt").write_text("".join(traceback.format_exception(e)))
+    except Exception:  # no trial folder (a test calling the function directly): the MLflow error.txt remains
+        pass
+
+
 def tune_trainable(config: dict, ctx: TrialContext) -> None:
-    """The Tune function trainable: run the tune seeds, report per task, end with mean objective."""
+    """The Tune function trainable: run the tune seeds, report per task, end with mean objective.
+
+    A trial's own error (a NaN loss, an exception in the engine) ends it with a `failed` result: its runs are
+    FAILED in MLflow, Optuna is told FAIL, its traceback goes to the trial folder's error.txt, and Tune does
+    not retry it. Only a lost worker (node or actor death) reaches Tune's FailureConfig and is retried."""
     from ray import tune
 
     configure_worker(ctx)
@@ -190,13 +225,13 @@ def tune_trainable(config: dict, ctx: TrialContext) -> None:
     store = MlflowStore(ctx.tracking_uri, ctx.experiment_id)
     params = dict(config)
     run_id = trial_run(store, ctx, trial_key, "search", params)
+    records = []
     try:
         import ray
 
         store.set_tags(run_id, {TAG + "node_id": ray.get_runtime_context().get_node_id()})
         cfg = trial_config(ctx, params)
         T, seeds = ctx.num_tasks, ctx.tune_seeds
-        records = []
         for i, seed in enumerate(seeds):
             offset = i * T
             rec = run_seed(ctx, store, cfg, params, seed, run_id, trial_key, "search",
@@ -209,13 +244,19 @@ def tune_trainable(config: dict, ctx: TrialContext) -> None:
         if value is None or not math.isfinite(value):
             raise TrialFailed(f"objective {ctx.objective} is undefined (NaN) over seeds {seeds}")
         store.set_status(run_id, "FINISHED")
-    except BaseException as e:
+    except Exception as e:  # the trial's own failure: recorded, reported, not retried
+        _log_traceback(e)
         store.fail(run_id, e)
+        report({"tasks_done": len(records) * ctx.num_tasks, "partial": False, "failed": True,
+                "error": _trial_error(e)})
+        return
+    except BaseException as e:  # stopped (scheduler, Ctrl-C) or the worker going away
+        store.end_with(run_id, e)
         raise
     report({"tasks_done": len(seeds) * T, "objective": value, "partial": False,
-                 "objective_std": agg[f"{ctx.objective}_std"], "n": len(records),
-                 "engine_seconds": sum(r["engine_seconds"] for r in records),
-                 **{k: v for k, v in agg.items() if v is not None and k.endswith("_mean")}})
+            "objective_std": agg[f"{ctx.objective}_std"], "n": len(records),
+            "engine_seconds": sum(r["engine_seconds"] for r in records),
+            **{k: v for k, v in agg.items() if v is not None and k.endswith("_mean")}})
 
 
 def final_key(rank: int, source: str) -> str:
@@ -242,8 +283,15 @@ def run_final_seed(ctx: TrialContext, config: dict) -> None:
         return
     params, key = entry["params"], final_key(entry["rank"], entry["source"])
     store = MlflowStore(ctx.tracking_uri, ctx.experiment_id)
-    rec = run_seed(ctx, store, trial_config(ctx, params), params, final["seed"], entry["run_id"], key, "final")
+    try:
+        rec = run_seed(ctx, store, trial_config(ctx, params), params, final["seed"], entry["run_id"], key, "final")
+    except Exception as e:  # recorded on the seed run; the final group's aggregate reports it
+        _log_traceback(e)
+        report({"partial": False, "final": True, "failed": True, "error": _trial_error(e), "seed": final["seed"],
+                "rank": entry["rank"], "source": entry["source"], "run_id": entry["run_id"],
+                "wait_seconds": waited})
+        return
     report({"objective": rec[ctx.objective], "partial": False, "final": True, "seed": final["seed"],
-                 "rank": entry["rank"], "source": entry["source"], "run_id": entry["run_id"],
-                 "acc": rec["acc"].tolist(), "engine_seconds": rec["engine_seconds"], "wait_seconds": waited,
-                 **{m: rec[m] for m in METRICS}})
+            "rank": entry["rank"], "source": entry["source"], "run_id": entry["run_id"],
+            "acc": rec["acc"].tolist(), "engine_seconds": rec["engine_seconds"], "wait_seconds": waited,
+            **{m: rec[m] for m in METRICS}})

@@ -75,18 +75,26 @@ class Cell:
 
 def read_published(path: str | Path, scale: float = 1.0) -> dict[tuple, Published]:
     """{(approach, benchmark, metric): Published} from a CSV with approach, benchmark, metric, mean[, std, n]."""
+    from clrepro.files import read_csv
+
+    header, rows = read_csv(path, "published CSV")
+    need = {"approach", "benchmark", "metric", "mean"}
+    if not need <= set(header):
+        raise UserError(f"{path}: published CSV needs columns {sorted(need)} (+ optional std, n)")
     out = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        need = {"approach", "benchmark", "metric", "mean"}
-        if not need <= set(reader.fieldnames or ()):
-            raise UserError(f"{path}: published CSV needs columns {sorted(need)} (+ optional std, n)")
-        for i, r in enumerate(reader, start=2):
-            try:
-                mean = float(r["mean"]) * scale
-                std = float(r["std"]) * scale if r.get("std") not in (None, "") else None
-                n = int(r["n"]) if r.get("n") not in (None, "") else None
-            except ValueError:
-                raise UserError(f"{path}: line {i}: mean/std/n must be numbers") from None
-            out[(r["approach"], r["benchmark"], r["metric"])] = Published(mean, std, n)
+    for i, cells in rows:
+        r = dict(zip(header, cells))
+        try:
+            mean = float(r["mean"]) * scale
+            std = float(r["std"]) * scale if r.get("std") not in (None, "") else None
+            n = int(r["n"]) if r.get("n") not in (None, "") else None
+        except ValueError:
+            raise UserError(f"{path}: line {i}: mean/std/n must be numbers") from None
+        if not math.isfinite(mean) or (std is not None and (not math.isfinite(std) or std < 0)) or \
+                (n is not None and n < 1):
+            raise UserError(f"{path}: line {i}: mean and std must be finite (std >= 0), n >= 1")
+        key = (r["approach"], r["benchmark"], r["metric"])
+        if key in out:
+            raise UserError(f"{path}: line {i}: {key[0]} / {key[1]} / {key[2]} is listed twice")
+        out[key] = Published(mean, std, n)
     return out

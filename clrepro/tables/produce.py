@@ -22,8 +22,25 @@ def produce_missing(spec: TableSpec, reader: RunReader, log=print) -> int:
 
     Reference runs (independent, joint, random) are deterministic per reference config and seed, so rows that
     share a backbone, optimizer and protocol compute each of them once (a cache for this call only)."""
+    check_sources(spec)
     with tempfile.TemporaryDirectory(prefix="clrepro-refs-") as refs:
         return _produce(spec, reader, log, refs)
+
+
+def check_sources(spec: TableSpec) -> None:
+    """Every sweep file and experiment a table would produce, validated before the first run starts."""
+    from clrepro.errors import ConfigError
+    from clrepro.sweep.spec import load_sweeps
+
+    for i, row in enumerate(spec.rows):
+        for bench, sel in row.runs.items():
+            if sel.sweep and sel.sweep_file:
+                names = [s.name for s in load_sweeps(sel.sweep_file)]
+                if sel.sweep not in names:
+                    raise ConfigError(f"rows[{i}].runs.{bench}.sweep", f"'{sel.sweep}' is not a sweep of "
+                                      f"{sel.sweep_file}", names)
+            elif sel.experiment:
+                experiment_identity(sel)
 
 
 def _produce(spec: TableSpec, reader: RunReader, log, refs: str) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 from clrepro.config.hparams import build, hp, read_mapping
 from clrepro.config.schema import METRICS as METRIC_NAMES  # AA, BWT, FWT, FR, AA_remaining, DD, AGR
 from clrepro.errors import ConfigError
+from clrepro.limits import SEED_MAX
 
 
 @dataclass
@@ -28,7 +29,7 @@ class Selector:
     sweep_run: str | None = hp(None, doc="pin a sweep's parent run id instead of the latest")
     experiment: str | None = hp(None, doc="experiment config name (runs produced by `clrepro table --run`)")
     overrides: list[str] = hp([], doc="the experiment's dotted overrides")
-    seeds: list[int] = hp([], doc="the experiment's seeds")
+    seeds: list[int] = hp([], low=0, high=SEED_MAX, unique=True, doc="the experiment's seeds")
     folders: str | None = hp(None, doc="glob of `clrepro run` folders (relative to the spec file)")
     sweep_file: str | None = hp(None, doc="sweep file that produces these runs (`--run`)")
 
@@ -101,12 +102,18 @@ def load_table(path: str | Path) -> TableSpec:
         if not pub.is_file():
             raise ConfigError("published", f"file {pub} not found", None, str(path))
         spec.published = str(pub)
-    for row in spec.rows:
-        for sel in row.runs.values():
+        from clrepro.tables.aggregate import read_published
+
+        read_published(pub, spec.published_scale)  # a broken published CSV is reported before any run
+    for i, row in enumerate(spec.rows):
+        for bench, sel in row.runs.items():
             if sel.folders and not Path(sel.folders).is_absolute():
                 sel.folders = str(path.parent / sel.folders)
             if sel.sweep_file and not Path(sel.sweep_file).is_absolute():
                 sel.sweep_file = str((path.parent / sel.sweep_file).resolve())
+            if sel.sweep_file and not Path(sel.sweep_file).is_file():
+                raise ConfigError(f"rows[{i}].runs.{bench}.sweep_file", f"file {sel.sweep_file} not found", None,
+                                  str(path))
     return spec
 
 

@@ -24,15 +24,89 @@ def absolute_tracking_uri(uri: str | None) -> str:
     return uri
 
 
-def _retry(fn: Callable, *args, attempts: int = 8, **kwargs):
-    """Call an MLflow client method, retrying SQLite's 'database is locked' under concurrent trials."""
+TRACKING_SCHEMES = "sqlite:///PATH, http(s)://HOST:PORT, postgresql://..., mysql://..., mssql://..., databricks"
+
+
+def checked_tracking_uri(uri: str | None, key: str = "--tracking-uri", source: str | None = None,
+                         must_exist: bool = False) -> str:
+    """The absolute tracking URI, or a ConfigError naming `key`: a scheme MLflow's stores accept, a SQLite file
+    in an existing folder (and a SQLite database if it exists), a server that answers. Nothing is created."""
+    from urllib.parse import urlparse
+
+    from clrepro.errors import ConfigError
+
+    uri = absolute_tracking_uri(uri)
+
+    def bad(problem: str, allowed: str | None = TRACKING_SCHEMES):
+        return ConfigError(key, f"{uri[:120]!r}: {problem}", allowed, source)
+
+    if "\x00" in uri or any(c in uri for c in "\n\r"):
+        raise bad("not a URI")
+    if uri.startswith("sqlite:"):
+        if not uri.startswith("sqlite:///") or len(uri) <= len("sqlite:///"):
+            raise bad("a SQLite URI is sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        path = Path(uri[len("sqlite:///"):])
+        if path.is_dir():
+            raise bad("is a folder, not a SQLite file")
+        if path.exists():
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(16)
+            except OSError as e:
+                raise bad(f"cannot be read ({e.strerror or e})", None) from None
+            if head and head != b"SQLite format 3\x00":
+                raise bad("is not a SQLite database", None)
+        elif must_exist:
+            raise bad("does not exist (run a sweep or a table --run first)", None)
+        elif not path.parent.is_dir():
+            raise bad(f"folder {path.parent} does not exist", None)
+        elif not os.access(path.parent, os.W_OK):
+            raise bad(f"folder {path.parent} is not writable", None)
+        return uri
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+")[0].lower()
+    if scheme in ("http", "https"):
+        if not parsed.hostname:
+            raise bad("has no host")
+        try:
+            port = parsed.port or (443 if scheme == "https" else 80)
+        except ValueError:
+            raise bad("has an invalid port") from None
+        import socket
+
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=3).close()
+        except OSError as e:
+            raise bad(f"no tracking server answers at {parsed.hostname}:{port} ({e.strerror or e})",
+                      "a running `mlflow server`") from None
+        return uri
+    if scheme in ("postgresql", "mysql", "mssql", "databricks"):
+        return uri
+    if scheme in ("", "file"):
+        raise bad("the file store (./mlruns) is refused by MLflow 3; use a SQLite file")
+    raise bad(f"unsupported scheme '{parsed.scheme}'")
+
+
+RETRY_SECONDS = 60.0  # how long a write waits for a busy store (8+ concurrent trials on one SQLite file)
+_TRANSIENT = ("database is locked", "database table is locked", "database is busy", "connection reset",
+              "connection aborted", "remote end closed", "error code 502", "error code 503", "error code 504",
+              "too many 50")
+
+
+def _retry(fn: Callable, *args, attempts: int = 200, **kwargs):
+    """Call an MLflow client method, retrying a busy store (SQLite's 'database is locked', a server's 503)
+    with jittered exponential back-off for up to RETRY_SECONDS: concurrent trials lose no write."""
+    import random
+
+    deadline = time.monotonic() + RETRY_SECONDS
     for i in range(attempts):
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # MlflowException wraps sqlalchemy's OperationalError
-            if "locked" not in str(e).lower() or i == attempts - 1:
+            text = str(e).lower()
+            if not any(t in text for t in _TRANSIENT) or i == attempts - 1 or time.monotonic() > deadline:
                 raise
-            time.sleep(0.05 * 2 ** i)
+            time.sleep(min(2.0, 0.02 * 2 ** min(i, 10)) * (0.5 + random.random()))
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -109,11 +183,37 @@ class MlflowStore:
             _retry(self.client.set_terminated, run_id, status=status)
 
     def fail(self, run_id: str, error: BaseException | str) -> None:
-        """Record a failed run with its error (tag and artifact), status FAILED."""
-        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        self.set_tags(run_id, {TAG + "error": text.splitlines()[0][:4000] if text else "error"})
+        """Record a failed run with its error (tag; the traceback as error.txt), status FAILED."""
+        import traceback
+
+        if isinstance(error, str):
+            text = first = error
+        else:
+            first = f"{type(error).__name__}: {error}"
+            text = "".join(traceback.format_exception(error)) if error.__traceback__ else first
+        self.set_tags(run_id, {TAG + "error": first.strip().splitlines()[0][:4000] if first.strip() else "error"})
         self.log_text(run_id, text, "error.txt")
         self.set_status(run_id, "FAILED")
+
+    def end_with(self, run_id: str, error: BaseException) -> None:
+        """A run ended by an exception: KILLED if it was stopped (Ctrl-C, a scheduler's stop), else FAILED."""
+        if isinstance(error, Exception):
+            self.fail(run_id, error)
+        else:
+            why = "scheduler" if isinstance(error, SystemExit) else type(error).__name__
+            self.set_tags(run_id, {TAG + "stopped_by": why})
+            self.set_status(run_id, "KILLED")
+
+    def close_running(self, tags: dict[str, Any], status: str, reason: str, parent: str | None = None) -> int:
+        """Runs with `tags` (and parent) still RUNNING get `status` (KILLED or FAILED) and a reason tag, their
+        RUNNING children too (a trial's seed runs); returns how many were closed."""
+        closed = 0
+        query = {**tags, **({PARENT: parent} if parent else {})}
+        for run in self.find_runs(query, statuses=["RUNNING"]):
+            self.set_tags(run.info.run_id, {TAG + "ended_by": reason})
+            self.set_status(run.info.run_id, status)
+            closed += 1
+        return closed
 
     # ----- logging ---------------------------------------------------------------------------------------
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
