@@ -103,6 +103,8 @@ SPECS = {  # YAML files written per case: {name: mapping}
     "s_variants.yaml": sweep(variants={"a": 3}),
     "s_gpu.yaml": sweep(resources={"cpu": 1, "gpu": 1.5}),
     "s_uri.yaml": sweep(storage={"tracking_uri": "foo://bar", "tune_path": "ray_results"}),
+    "s_cpu.yaml": sweep(resources={"cpu": 64}),
+    "s_gpu1.yaml": sweep(resources={"cpu": 1, "gpu": 1}),
     "s_uri_dir.yaml": sweep(storage={"tracking_uri": "sqlite:///no/such/dir/m.db", "tune_path": "ray_results"}),
     "s_uri_text.yaml": sweep(storage={"tracking_uri": "sqlite:///note.txt", "tune_path": "ray_results"}),
     "s_tune_file.yaml": sweep(storage={"tracking_uri": "sqlite:///mlflow.db", "tune_path": "note.txt"}),
@@ -202,6 +204,9 @@ CASES = [
     ("sweep-step", ["sweep", "s_step.yaml"], "does not divide"),
     ("sweep-variants", ["sweep", "s_variants.yaml"], "variants.a: expected a mapping"),
     ("sweep-gpu", ["sweep", "s_gpu.yaml"], "resources.gpu: 1.5 is neither"),
+    ("sweep-cpu", ["sweep", "s_cpu.yaml", "--num-cpus", "2"], "resources.cpu: 64 per trial, but the local Ray "
+     "instance has CPU 2, GPU 0: no trial could start"),
+    ("sweep-gpu-none", ["sweep", "s_gpu1.yaml", "--num-cpus", "2"], "resources.gpu: 1 per trial, but the local Ray"),
     ("sweep-uri", ["sweep", "s_uri.yaml"], "storage.tracking_uri: 'foo://bar': unsupported scheme"),
     ("sweep-uri-dir", ["sweep", "s_uri_dir.yaml"], "does not exist"),
     ("sweep-uri-text", ["sweep", "s_uri_text.yaml"], "is not a SQLite database"),

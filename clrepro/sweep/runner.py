@@ -169,19 +169,35 @@ def _init_ray(address: str | None, num_cpus: int | None):
     return ray, True
 
 
+def _local_resources(num_cpus: int | None) -> dict[str, float] | None:
+    """What a local Ray instance will have (Ray's own detection), known before starting it; None if unknown."""
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+        from ray._private.utils import get_num_cpus
+
+        gpus = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
+        return {"CPU": float(num_cpus or get_num_cpus()), "GPU": float(gpus)}
+    except Exception:  # a Ray without these helpers: the check after start-up decides
+        return None
+
+
+def _check_resources_against(have: dict[str, float], largest: dict[str, float], spec: SweepSpec, source: str,
+                             what: str) -> None:
+    text = f"CPU {have.get('CPU', 0):g}, GPU {have.get('GPU', 0):g}"
+    for key, need in (("cpu", spec.resources.cpu), ("gpu", spec.resources.gpu)):
+        best = largest.get(key.upper(), 0)
+        if need > 0 and need > best + 1e-9:
+            where = f"{what} has {text}" + (f"; its largest node {best:g} {key.upper()}" if largest is not have else "")
+            raise ConfigError(f"resources.{key}", f"{need:g} per trial, but {where}: no trial could start",
+                              f"at most {best:g}", source)
+
+
 def _check_resources(ray, spec: SweepSpec, source: str) -> None:
     """Fail fast when no node of the cluster can ever hold one trial (Tune would wait forever)."""
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    total = ray.cluster_resources()
-    have = f"CPU {total.get('CPU', 0):g}, GPU {total.get('GPU', 0):g}"
-    for key, need in (("cpu", spec.resources.cpu), ("gpu", spec.resources.gpu)):
-        if need <= 0:
-            continue
-        best = max((n.get(key.upper(), 0) for n in nodes), default=0)
-        if need > best + 1e-9:
-            where = f"the cluster has {have}" + (f"; its largest node {best:g} {key.upper()}" if len(nodes) > 1 else "")
-            raise ConfigError(f"resources.{key}", f"{need:g} per trial, but {where}: no trial could start",
-                              f"at most {best:g}", source)
+    total = dict(ray.cluster_resources())
+    largest = {k: max((n.get(k, 0) for n in nodes), default=0) for k in ("CPU", "GPU")}
+    _check_resources_against(total, largest if len(nodes) > 1 else total, spec, source, "the cluster")
 
 
 class Background:
@@ -455,6 +471,8 @@ def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: s
         import mlflow.tracking  # noqa: F401  (imports while Ray starts: MLflow, Tune, Optuna)
         import ray.tune.search.optuna  # noqa: F401
 
+    if not address and (local := _local_resources(num_cpus)) is not None:  # fail fast, before Ray starts
+        _check_resources_against(local, local, spec, str(spec_path), "the local Ray instance")
     setup = Background(prepare)
     started = False
     store, parent, ctx = None, None, None
@@ -506,6 +524,7 @@ def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: s
                                           failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         logging.getLogger("ray.tune").setLevel(logging.WARNING)
+        logging.getLogger("ray.tune.search.optuna").setLevel(logging.ERROR)  # "Study.stop ..." at the end
         results = tuner.fit()
         if _interrupted(results, total):
             _close_running(store, spec.name, parent, "KILLED", "sweep interrupted (Ctrl-C); --resume continues it")
