@@ -16,6 +16,8 @@ import os
 import pickle
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import Iterable
 
 from ray.tune import Callback
 from ray.tune.search import Searcher
@@ -90,6 +92,24 @@ def _finite(v) -> bool:
     return v is not None and math.isfinite(float(v))
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A finished search trial as the ranking sees it: its id, its configuration and its objective."""
+
+    trial_id: str
+    params: dict
+    objective: float | None
+
+
+def rank_best(candidates: Iterable[Candidate], mode: str, k: int) -> list[Candidate]:
+    """The k best candidates with a finite objective, best first (`mode` max or min); ties keep their order.
+
+    The one ranking of a sweep: the final group's runs (PublishRanking) and the sweep's reported best
+    configuration (the driver) both come from it."""
+    done = [c for c in candidates if _finite(c.objective)]
+    return sorted(done, key=lambda c: c.objective, reverse=(mode == "max"))[:k]
+
+
 class PublishRanking(Callback):
     """Driver side: once every search trial has ended, rank them and create the final runs (once)."""
 
@@ -115,15 +135,12 @@ class PublishRanking(Callback):
         from clrepro.tracking.mlflow_store import MlflowStore
 
         store = MlflowStore(self.ctx.tracking_uri, self.ctx.experiment_id)
-        done = [t for t in search if t.status == "TERMINATED" and not (t.last_result or {}).get("partial", True)
-                and _finite((t.last_result or {}).get("objective"))]
-        done.sort(key=lambda t: t.last_result["objective"], reverse=(self.mode == "max"))
+        done = [Candidate(t.trial_id, dict(t.config), (t.last_result or {}).get("objective")) for t in search
+                if t.status == "TERMINATED" and not (t.last_result or {}).get("partial", True)]
         ranking = []
-        for rank, t in enumerate(done[:self.top_k], start=1):
-            params = {k: v for k, v in t.config.items()}
-            ranking.append({"rank": rank, "source": t.trial_id, "params": params,
-                            "objective": t.last_result["objective"],
-                            "run_id": final_run(store, self.ctx, rank, t.trial_id, params)})
+        for rank, c in enumerate(rank_best(done, self.mode, self.top_k), start=1):
+            ranking.append({"rank": rank, "source": c.trial_id, "params": c.params, "objective": c.objective,
+                            "run_id": final_run(store, self.ctx, rank, c.trial_id, c.params)})
         store.set_tags(self.ctx.parent_run_id, {RANKING_TAG: json.dumps(ranking)})
         self.published = True
 

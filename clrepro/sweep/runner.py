@@ -313,9 +313,11 @@ def _summaries(results) -> list[TrialSummary]:
     return out
 
 
-def _best(trials: list[TrialSummary], mode: str, k: int) -> list[TrialSummary]:
-    done = [t for t in trials if t.status == "DONE" and t.objective is not None and math.isfinite(t.objective)]
-    return sorted(done, key=lambda t: t.objective, reverse=(mode == "max"))[:k]
+def _best(trials: list[TrialSummary], mode: str, k: int) -> list:
+    """The k best finished search trials, by the sweep's one ranking (the final group's too)."""
+    from clrepro.sweep.final import Candidate, rank_best
+
+    return rank_best([Candidate(t.trial_id, t.params, t.objective) for t in trials if t.status == "DONE"], mode, k)
 
 
 def _final_summaries(store: MlflowStore, results, trials: list[TrialSummary]) -> list[dict]:
