@@ -142,8 +142,8 @@ def check_output_dir(path: str | Path, flag: str = "--out", must_be_new: bool = 
     short enough, the nearest existing parent writable; with `must_be_new`, absent or an empty folder."""
     from clrepro.limits import NAME_MAX, PATH_MAX
 
+    text = str(path)
     p = Path(path)
-    text = str(p)
     if not text or "\x00" in text:
         raise UserError(f"{flag} {path!r}: not a valid path")
     if len(os.fsencode(os.path.abspath(text))) > PATH_MAX:

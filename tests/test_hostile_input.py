@@ -69,6 +69,9 @@ FILES = {
     "pub_nan.csv": "approach,benchmark,metric,mean,std,n\nHAT,pmnist,AA,nan,1.0,5\n",
     "pub_dup.csv": "approach,benchmark,metric,mean\nHAT,pmnist,AA,90\nHAT,pmnist,AA,91\n",
     "plugin.py": b"\x00\x00binary plugin",
+    "pyobj.yaml": "seed: !!python/object/apply:os.system ['echo hi']\n",
+    "tabs.yaml": "trainer:\n\tepochs: 3\n",
+    "badrun/metrics.json": "{not json",
 }
 
 
@@ -121,6 +124,9 @@ SPECS = {  # YAML files written per case: {name: mapping}
     "t_two_kinds.yaml": table(rows=[{"label": "HAT", "runs": {"pmnist": {"folders": "r/*", "sweep": "x"}}}]),
     "t_sweep_file.yaml": table(rows=[{"label": "HAT", "runs": {"pmnist": {"sweep": "x", "sweep_file": "nope.yaml"}}}]),
     "t_decimals.yaml": table(decimals=1e9),
+    "t_no_columns.yaml": table(columns=[]),
+    "t_bad_folder.yaml": table(rows=[{"label": "HAT", "runs": {"pmnist": {"folders": "badrun"}}}]),
+    "s_experiment.yaml": sweep(experiment={"name": "nope"}),
     "ok_table.yaml": table(),
 }
 
@@ -136,6 +142,9 @@ CASES = [
     ("run-dupkey", ["run", "dupkey.yaml"], "key 'seed' is written twice"),
     ("run-folder", ["run", "folder.yaml"], "folder.yaml: experiment file is a folder"),
     ("run-missing", ["run", "nope/none.yaml"], "nope/none.yaml: experiment file not found"),
+    ("run-pyobject", ["run", "pyobj.yaml"], "could not determine a constructor"),
+    ("run-tabs", ["run", "tabs.yaml"], "tabs.yaml: not valid YAML (line 2, column 1"),
+    ("run-devnull", ["run", "/dev/null"], "/dev/null: experiment file is not a regular file"),
     ("run-shadow", ["run", "hat_pmnist.yaml"], "hat_pmnist.yaml: seed: -5 is out of range"),
     # run: values the libraries would reject
     ("run-lr-nan", ["run", "hat_pmnist", *TINY, "optimizer.lr=nan"], "optimizer.lr: NaN is not allowed"),
@@ -173,6 +182,8 @@ CASES = [
     ("run-out-file", ["run", "hat_pmnist", *TINY, "--out", "note.txt"], "--out note.txt: is an existing file"),
     ("run-out-in-file", ["run", "hat_pmnist", *TINY, "--out", "note.txt/run"], "note.txt is a file"),
     ("run-out-long", ["run", "hat_pmnist", *TINY, "--out", "o/" + "x" * 300], "too long for the file system"),
+    ("run-out-empty", ["run", "hat_pmnist", *TINY, "--out", ""], "--out '': not a valid path"),
+    ("run-age", ["run", "hat_pmnist", *TINY, "unlearning.unlearnable_age=abc"], "hat_pmnist.yaml: unlearning."),
     ("run-name-long", ["run", "hat_pmnist", *TINY, "name=" + "x" * 300], "name: must be 1 to 200 characters"),
     ("run-name-up", ["run", "hat_pmnist", *TINY, "name=../../x"], "name: '../../x' is not a safe folder name"),
     ("run-name-abs", ["run", "hat_pmnist", *TINY, "name=/etc/x"], "is not a safe folder name"),
@@ -222,6 +233,7 @@ CASES = [
     ("sweep-address-dead", ["sweep", "ok_sweep.yaml", "--address", "127.0.0.1:{free}"], "no Ray cluster answers"),
     ("sweep-resume", ["sweep", "ok_sweep.yaml", "--resume"], "--resume: no interrupted sweep"),
     ("sweep-variant", ["sweep", "ok_sweep.yaml", "--variant", "x"], "variant: no variant 'x'"),
+    ("sweep-experiment", ["sweep", "s_experiment.yaml"], "experiment.name: unknown experiment 'nope'"),
     # table
     ("table-yaml", ["table", "bad.yaml"], "bad.yaml: not valid YAML"),
     ("table-binary", ["table", "binary.yaml"], "binary.yaml: table spec is a binary file"),
@@ -234,6 +246,8 @@ CASES = [
     ("table-decimals", ["table", "t_decimals.yaml"], "decimals"),
     ("table-uri", ["table", "ok_table.yaml", "--tracking-uri", "foo://bar"], "--tracking-uri: 'foo://bar'"),
     ("table-out-file", ["table", "ok_table.yaml", "--out", "note.txt"], "--out note.txt: is an existing file"),
+    ("table-no-columns", ["table", "t_no_columns.yaml"], "columns: is empty"),
+    ("table-bad-folder", ["table", "t_bad_folder.yaml"], "badrun/metrics.json: not valid JSON"),
     # metrics
     ("metrics-nan", ["metrics", "nan.csv"], "nan.csv: value 'nan' in column test_on_task_1, line 2"),
     ("metrics-inf", ["metrics", "inf.csv"], "is not a finite number"),
@@ -266,6 +280,7 @@ CASES = [
     ("ui-uri-missing", ["ui", "--tracking-uri", "sqlite:///none.db"], "does not exist"),
     ("ui-uri-text", ["ui", "--tracking-uri", "sqlite:///note.txt"], "is not a SQLite database"),
     ("ui-uri-folder", ["ui", "--tracking-uri", "sqlite:///folder.yaml"], "is a folder, not a SQLite file"),
+    ("ui-server", ["ui", "--tracking-uri", "{dead}"], "no tracking server answers"),
     ("ui-host", ["ui", "--tracking-uri", "sqlite:///m.db", "--host", "not a host!"], "cannot listen there"),
     ("ui-port-busy", ["ui", "--tracking-uri", "sqlite:///m.db", "--port", "{busy}"], "cannot listen there"),
 ]
@@ -281,6 +296,7 @@ def workdir(tmp_path):
     """A fresh working folder with every input file; returns (folder, snapshot of what is in it)."""
     for name, content in FILES.items():
         p = tmp_path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
         if content is None:
             p.mkdir()
         elif isinstance(content, bytes):

@@ -14,6 +14,9 @@ def main(args) -> int:
     from clrepro.tracking.mlflow_store import checked_tracking_uri
 
     uri = checked_tracking_uri(args.tracking_uri, must_exist=True)
+    if uri.startswith(("http://", "https://", "databricks")):
+        raise UserError(f"--tracking-uri {uri}: a tracking server has its own UI there; `clrepro ui` serves a "
+                        "database store (sqlite:///PATH, postgresql://...)")
     try:  # the address must be free and bindable now: mlflow's own error would come as a traceback
         infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
         with socket.socket(infos[0][0], socket.SOCK_STREAM) as sock:

@@ -178,13 +178,14 @@ def components(cfg: ExperimentConfig) -> Components:
     if hasattr(bm, "check_config"):
         bm.check_config(comp.benchmark_cfg)
     al.check_config(comp.algorithm_cfg, bb)
+    from clrepro.engine.unlearning import UnlearningPlan
+
+    UnlearningPlan.from_config(cfg.unlearning, comp.benchmark_cfg.num_tasks)  # requests and ages, always
     if cfg.unlearning.requests:
-        from clrepro.engine.unlearning import UnlearningPlan
         if not al.can_unlearn():
             able = [n for n in ALGORITHMS.names() if ALGORITHMS.get(n).can_unlearn()]
             raise ConfigError("algorithm.name", f"'{al.registry_name}' cannot unlearn, which unlearning.requests "
                               "asks for", able)
-        UnlearningPlan.from_config(cfg.unlearning, comp.benchmark_cfg.num_tasks)
     return comp
 
 

@@ -92,7 +92,8 @@ def base_config(spec: SweepSpec, source: str) -> dict:
         cfg = resolved_dict(load_experiment(spec.experiment.name, spec.experiment.overrides))
     except ConfigError as e:
         where = f" (in {e.source})" if e.source and e.source != spec.experiment.name else ""
-        raise ConfigError(f"experiment: {e.key}", f"{e.problem}{where}", e.allowed, source) from None
+        key = "experiment.name" if e.key == "experiment" else f"experiment: {e.key}"
+        raise ConfigError(key, f"{e.problem}{where}", e.allowed, source) from None
     except UserError as e:
         raise ConfigError("experiment.name", str(e), None, source) from None
     for key, dim in spec.search_space.items():
@@ -224,13 +225,55 @@ class Background:
 
 
 
+DRIVER = TAG + "driver"  # host:pid:start of the process driving a sweep, to tell a dead driver from a live one
+
+
+def _process_start(pid: int) -> str:
+    try:  # field 22 of /proc/PID/stat: start time since boot (tells a reused PID apart)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def _driver_id() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid())}"
+
+
+def _driver_alive(driver: str) -> bool:
+    """Whether the driver a tag names still runs (unknowable for another host: assumed alive)."""
+    import socket
+
+    host, _, rest = driver.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    return Path(f"/proc/{pid}").exists() and _process_start(int(pid)) == start
+
+
+def _close_dead_drivers(store: MlflowStore, sweep: str) -> int:
+    """Parent runs of this sweep name left RUNNING by a driver that died (kill -9, a crash) on this host get
+    KILLED with their RUNNING trial and seed runs, even when nobody resumes them."""
+    closed = 0
+    for run in store.find_runs({LEVEL: "sweep", SWEEP: sweep}, statuses=["RUNNING"]):
+        driver = run.data.tags.get(DRIVER)
+        if driver and not _driver_alive(driver):
+            closed += _close_running(store, sweep, run.info.run_id, "KILLED", "its sweep driver died")
+            store.set_tags(run.info.run_id, {TAG + "ended_by": "its sweep driver died"})
+            store.set_status(run.info.run_id, "KILLED")
+            closed += 1
+    return closed
+
+
 def _parent_run(store: MlflowStore, spec: SweepSpec, sweep_dir: Path, spec_path: Path) -> str:
     tags = {LEVEL: "sweep", SWEEP: spec.name, SWEEP_DIR: str(sweep_dir)}
     existing = store.find_runs(tags)
     if existing:
+        store.set_tags(existing[0].info.run_id, {DRIVER: _driver_id()})
         store.set_status(existing[0].info.run_id, "RUNNING")
         return existing[0].info.run_id
-    run_id = store.create_run(sweep_dir.name, tags)
+    run_id = store.create_run(sweep_dir.name, {**tags, DRIVER: _driver_id()})
     import dataclasses
 
     store.log_params(run_id, flatten(dataclasses.asdict(spec)))
@@ -489,9 +532,11 @@ def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: s
             store = None
             raise UserError(f"tracking URI {uri}: MLflow cannot use it ({str(e).strip().splitlines()[0][:200]})") \
                 from None
+        closed = _close_dead_drivers(store, spec.name)  # this sweep's (on --resume) and any other dead one's
         parent = _parent_run(store, spec, sweep_dir, spec_path)
-        closed = _close_running(store, spec.name, parent, "KILLED", "an earlier run of the sweep was killed; "
-                                "resumed") if resuming else 0
+        if resuming:  # a driver on another host may have run it: what it left RUNNING is not running now
+            closed += _close_running(store, spec.name, parent, "KILLED", "an earlier run of the sweep was killed; "
+                                     "resumed")
         from ray import tune
 
         T = from_resolved(base).benchmark.get("num_tasks")
@@ -527,6 +572,7 @@ def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: s
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         logging.getLogger("ray.tune").setLevel(logging.WARNING)
         logging.getLogger("ray.tune.search.optuna").setLevel(logging.ERROR)  # "Study.stop ..." at the end
+        logging.getLogger("tensorboardX").setLevel(logging.ERROR)  # "NaN or Inf found" for a failed trial's result
         results = tuner.fit()
         if _interrupted(results, total):
             _close_running(store, spec.name, parent, "KILLED", "sweep interrupted (Ctrl-C); --resume continues it")

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from clrepro.errors import UserError
 from clrepro.tables.spec import METRIC_NAMES, Selector
 from clrepro.tracking.mlflow_store import GROUP, LEVEL, PARENT, SEED, SWEEP, TAG, MlflowStore
 
@@ -105,7 +106,28 @@ def read_folders(pattern: str) -> list[SeedValues]:
         p = Path(folder)
         if not (p / "metrics.json").is_file():
             continue
-        metrics = json.loads((p / "metrics.json").read_text())
-        seed = json.loads((p / "manifest.json").read_text()).get("seed") if (p / "manifest.json").is_file() else None
-        out.append(SeedValues(seed, {k: metrics.get(k) for k in METRIC_NAMES}, f"folder:{p}"))
+        metrics = _json_mapping(p / "metrics.json")
+        manifest = _json_mapping(p / "manifest.json") if (p / "manifest.json").is_file() else {}
+        if manifest.get("status", "FINISHED") != "FINISHED":
+            continue  # a failed or interrupted run's partial outputs never fill a cell
+        seed = manifest.get("seed")
+        values = {}
+        for k in METRIC_NAMES:
+            v = metrics.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v != v):
+                raise UserError(f"{p / 'metrics.json'}: {k} must be a number or null, got {v!r:.40}")
+            values[k] = v
+        out.append(SeedValues(seed if isinstance(seed, int) else None, values, f"folder:{p}"))
     return out
+
+
+def _json_mapping(path: Path) -> dict:
+    from clrepro.files import read_text
+
+    try:
+        data = json.loads(read_text(path, "JSON file"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return data

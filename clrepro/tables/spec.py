@@ -55,8 +55,8 @@ class Tolerance:
 @dataclass
 class TableSpec:
     title: str = hp(doc="table title")
-    columns: list[Column] = hp(doc="benchmark × metric columns")
-    rows: list[Row] = hp(doc="approaches")
+    columns: list[Column] = hp(min_len=1, doc="benchmark × metric columns")
+    rows: list[Row] = hp(min_len=1, doc="approaches")
     source: dict[str, str] = field(default_factory=dict)  # paper, table, url/doi
     published: str | None = hp(None, doc="published CSV (approach, benchmark, metric, mean, std[, n])")
     published_n: dict[str, int] = hp({}, low=2, doc="seeds behind the published numbers per published benchmark "
