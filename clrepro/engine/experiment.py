@@ -127,7 +127,7 @@ def _cul(cfg: ExperimentConfig, engine: Engine, acc: np.ndarray, seed: int, list
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, listeners: Iterable = (),
                    reference_listeners: Iterable | None = None, seed: int | None = None,
-                   reference_cache: ReferenceCache | None = None) -> ExperimentResult:
+                   reference_cache: ReferenceCache | None = None, title: str | None = None) -> ExperimentResult:
     """Run main + needed references with one seed, compute AA/BWT/FWT/FR, write the run folder if asked.
 
     A run that fails once training has started raises RunFailed after writing what it produced to `out_dir`
@@ -188,7 +188,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, lis
     result = ExperimentResult(main, refs, sources, metrics, resolved, chash, None,
                               time.perf_counter() - start, engine_seconds)
     if out_dir is not None:
-        write_run_folder(result, Path(out_dir), seed)
+        write_run_folder(result, Path(out_dir), seed, title)
     return result
 
 
@@ -230,8 +230,9 @@ def write_partial_run_folder(out: Path, main: RunResult, refs: dict, sources: di
     return kept
 
 
-def write_run_folder(result: ExperimentResult, out: Path, seed: int) -> Path:
-    """acc.csv, loss_cls.csv, ref<kind>/acc.csv, metrics.json, config.yaml, manifest.json and plots."""
+def write_run_folder(result: ExperimentResult, out: Path, seed: int, title: str | None = None) -> Path:
+    """acc.csv, loss_cls.csv, ref<kind>/acc.csv, metrics.json, config.yaml, manifest.json and plots (titled
+    `title`, by default the experiment's name and seed)."""
     import yaml
 
     from clrepro.tracking.manifest import manifest
@@ -261,9 +262,10 @@ def write_run_folder(result: ExperimentResult, out: Path, seed: int) -> Path:
         manifest(seed, result.config_hash, main.device, result.wall_seconds, {"status": "FINISHED", "timings": timings}),
         indent=2) + "\n")
     (out / "history.json").write_text(json.dumps(main.history) + "\n")
-    accuracy_heatmap(main.acc, out / "acc_matrix.png", f"{result.config.get('name', '')} (seed {seed})")
-    task_curves(main.acc, out / "task_curves.png", f"{result.config.get('name', '')} (seed {seed})")
-    mask_capacity(main.task_extras, out / "mask_capacity.png", f"{result.config.get('name', '')} (seed {seed})")
-    network_capacity(main.task_extras, out / "network_capacity.png", f"{result.config.get('name', '')} (seed {seed})")
+    title = title or f"{result.config.get('name', '')} seed={seed}"
+    accuracy_heatmap(main.acc, out / "acc_matrix.png", title)
+    task_curves(main.acc, out / "task_curves.png", title)
+    mask_capacity(main.task_extras, out / "mask_capacity.png", title)
+    network_capacity(main.task_extras, out / "network_capacity.png", title)
     result.out_dir = out
     return out

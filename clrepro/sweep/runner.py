@@ -471,6 +471,11 @@ def _optuna_plots(store: MlflowStore, parent: str, spec: SweepSpec, trials: list
                            ("optuna_importances.png", ovm.plot_param_importances)):
             try:
                 ax = plot(study)
+                if hasattr(ax, "set_title"):  # titled with the sweep and its objective
+                    from clrepro.tracking.plots import style_optuna_axes
+
+                    style_optuna_axes(ax, "history" if "history" in name else "importances", spec.name,
+                                      spec.objective.metric, spec.objective.mode)
                 fig = ax.figure if hasattr(ax, "figure") else ax.flatten()[0].figure
                 fig.set_size_inches(7, 4)
                 fig.tight_layout()
@@ -527,7 +532,9 @@ def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: s
         _check_resources(ray, spec, str(spec_path))
         try:
             store = MlflowStore(uri)
-            exp_id = store.ensure_experiment(spec.name)
+            from clrepro.tracking.names import sweep_description
+
+            exp_id = store.ensure_experiment(spec.name, description=sweep_description(spec, base))
         except Exception as e:  # the store refuses (permissions, a server error): one line, nothing started
             store = None
             raise UserError(f"tracking URI {uri}: MLflow cannot use it ({str(e).strip().splitlines()[0][:200]})") \
@@ -558,6 +565,7 @@ def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: s
             from clrepro.sweep.callbacks import SweepProgress
 
             from clrepro.sweep.final import PublishRanking
+            from clrepro.tracking.names import tune_trial_name
 
             callbacks = [PublishRanking(ctx, spec.final.top_k if spec.seeds.report else 0, spec.objective.mode)]
             if progress:
@@ -565,7 +573,8 @@ def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: s
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=_searcher(spec, n_search), scheduler=_scheduler(spec, len(spec.seeds.tune) * T),
-                                            num_samples=total, reuse_actors=True),
+                                            num_samples=total, reuse_actors=True,
+                                            trial_name_creator=tune_trial_name),  # t007: Optuna's number
                 run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(root), verbose=0,
                                           callbacks=callbacks,
                                           failure_config=tune.FailureConfig(max_failures=spec.max_failures),

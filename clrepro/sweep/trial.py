@@ -113,8 +113,10 @@ def _seed_record(metrics: dict, acc: np.ndarray, engine_seconds: float) -> dict:
 
 
 def run_seed(ctx: TrialContext, store: MlflowStore, cfg, params: dict, seed: int, trial_run: str, trial_key: str,
-             group: str, listeners=()) -> dict:
-    """One seed run (main + references) logged as a grandchild run; a finished one is reused, not rerun."""
+             group: str, listeners=(), label: str | None = None) -> dict:
+    """One seed run (main + references) logged as a grandchild run named `<label> seed=<seed>` (label: the
+    trial's short name, `t007`); a finished one is reused, not rerun."""
+    from clrepro.tracking.names import params_label
     from clrepro.engine.experiment import ReferenceCache, run_experiment
     from clrepro.metrics.io import read_acc_matrix
 
@@ -130,13 +132,14 @@ def run_seed(ctx: TrialContext, store: MlflowStore, cfg, params: dict, seed: int
             store.set_tags(old.info.run_id, {TAG + "ended_by": "replaced after an interruption"})
             store.set_status(old.info.run_id, "KILLED")
         store.delete_run(old.info.run_id)
-    run_id = store.create_run(f"{trial_key}-seed{seed}", {**tags, **run_tags(cfg)},
-                              parent=trial_run)
+    label = label or trial_key
+    run_id = store.create_run(f"{label} seed={seed}", {**tags, **run_tags(cfg)}, parent=trial_run)
+    title = f"{ctx.sweep} {label} seed={seed}: {params_label(params, ctx.base_config)}".rstrip(": ")
     with tempfile.TemporaryDirectory() as d:
         try:
             store.log_params(run_id, {**params, "seed": seed})
             cache = ReferenceCache(ctx.ref_cache) if ctx.ref_cache else None
-            result = run_experiment(cfg, Path(d), listeners, seed=seed, reference_cache=cache)
+            result = run_experiment(cfg, Path(d), listeners, seed=seed, reference_cache=cache, title=title)
             log_experiment_result(store, run_id, result, Path(d))
             store.set_status(run_id, "FINISHED")
         except BaseException as e:
@@ -150,8 +153,9 @@ def run_seed(ctx: TrialContext, store: MlflowStore, cfg, params: dict, seed: int
     return _seed_record(result.metrics, result.main.acc, result.engine_seconds)
 
 
-def log_trial_summary(store: MlflowStore, run_id: str, records: list[dict]) -> dict:
-    """Mean/std/n metrics, the mean per-N AA series and the mean heatmap and curves on a trial run."""
+def log_trial_summary(store: MlflowStore, run_id: str, records: list[dict], title: str | None = None) -> dict:
+    """Mean/std/n of the metrics the seeds computed (none of DD or AGR in a CL sweep), the mean per-N AA series,
+    and the mean heatmap and curves on a trial run (titled by the run's name unless `title` is given)."""
     from clrepro.tracking.plots import accuracy_heatmap, task_curves
 
     agg = aggregate(records)
@@ -160,18 +164,24 @@ def log_trial_summary(store: MlflowStore, run_id: str, records: list[dict]) -> d
         stack = np.stack([r["acc"] for r in records])
         with np.errstate(invalid="ignore"):  # cells above the diagonal stay NaN
             mean_acc = np.where(np.isnan(stack).all(0), np.nan, np.nansum(stack, 0) / (~np.isnan(stack)).sum(0))
-    store.log_metrics(run_id, agg | {"engine_seconds": sum(r["engine_seconds"] for r in records)})
+    applies = {k: v for k, v in agg.items() if agg.get(f"{k.rsplit('_', 1)[0]}_n")}
+    store.log_metrics(run_id, applies | {"engine_seconds": sum(r["engine_seconds"] for r in records)})
     if mean_acc is not None:
         store.log_series(run_id, {"AA_mean": [float(np.mean(row[~np.isnan(row)])) for row in mean_acc]}, {})
+        if title is None:
+            title = store.client.get_run(run_id).info.run_name or ""
+        seeds = f"mean over {len(records)} seeds ({', '.join(str(r['seed']) for r in records if 'seed' in r)})"
+        title = f"{title}: {seeds}" if title else seeds
         with tempfile.TemporaryDirectory() as d:
-            accuracy_heatmap(mean_acc, Path(d) / "acc_matrix_mean.png", f"mean over {len(records)} seeds")
-            task_curves(mean_acc, Path(d) / "task_curves_mean.png", f"mean over {len(records)} seeds")
+            accuracy_heatmap(mean_acc, Path(d) / "acc_matrix_mean.png", title)
+            task_curves(mean_acc, Path(d) / "task_curves_mean.png", title)
             store.log_artifacts(run_id, Path(d))
     return agg
 
 
-def trial_run(store: MlflowStore, ctx: TrialContext, trial_key: str, group: str, params: dict) -> str:
-    """The trial's MLflow run: found by tag if a resumed trial already made one, else created."""
+def trial_run(store: MlflowStore, ctx: TrialContext, trial_key: str, group: str, params: dict,
+              name: str | None = None) -> str:
+    """The trial's MLflow run: found by tag if a resumed trial already made one, else created as `name`."""
     tags = {LEVEL: "trial", SWEEP: ctx.sweep, TRIAL_ID: trial_key, GROUP: group}
     existing = store.find_runs({**tags, PARENT: ctx.parent_run_id})
     if existing:
@@ -180,7 +190,7 @@ def trial_run(store: MlflowStore, ctx: TrialContext, trial_key: str, group: str,
             store.delete_run(dup.info.run_id)
         store.set_status(run_id, "RUNNING")
         return run_id
-    run_id = store.create_run(f"trial-{trial_key}" if group == "search" else f"final-{trial_key}",
+    run_id = store.create_run(name or (f"trial-{trial_key}" if group == "search" else f"final-{trial_key}"),
                               tags, parent=ctx.parent_run_id)
     store.log_params(run_id, params)
     return run_id
@@ -221,10 +231,14 @@ def tune_trainable(config: dict, ctx: TrialContext) -> None:
 
     if FINAL_KEY in config:
         return run_final_seed(ctx, config)
+    from clrepro.tracking.names import current_trial_label, params_label
+
     trial_key = tune.get_context().get_trial_id()
     store = MlflowStore(ctx.tracking_uri, ctx.experiment_id)
     params = dict(config)
-    run_id = trial_run(store, ctx, trial_key, "search", params)
+    label = current_trial_label(trial_key)  # t007: Optuna's trial number, as in the optimisation history
+    run_id = trial_run(store, ctx, trial_key, "search", params,
+                       f"{label} {params_label(params, ctx.base_config)}".strip())
     records = []
     try:
         import ray
@@ -235,7 +249,7 @@ def tune_trainable(config: dict, ctx: TrialContext) -> None:
         for i, seed in enumerate(seeds):
             offset = i * T
             rec = run_seed(ctx, store, cfg, params, seed, run_id, trial_key, "search",
-                           [TaskReporter(offset, ctx.objective)])
+                           [TaskReporter(offset, ctx.objective)], label=label)
             records.append(rec)
             if rec.get("reused"):
                 report({"tasks_done": offset + T, "objective": rec[ctx.objective] or 0.0, "partial": True})
@@ -264,8 +278,14 @@ def final_key(rank: int, source: str) -> str:
 
 
 def final_run(store: MlflowStore, ctx: TrialContext, rank: int, source: str, params: dict) -> str:
-    """The MLflow run of the rank-th best configuration's final group (found again on resume)."""
-    run_id = trial_run(store, ctx, final_key(rank, source), "final", params)
+    """The MLflow run of the rank-th best configuration's final group (found again on resume), named
+    `final1 t007 s_max=200 lr=8.4e-3` after its rank, its search trial's short name and its hyperparameters."""
+    from clrepro.tracking.names import params_label
+
+    found = store.find_runs({LEVEL: "trial", SWEEP: ctx.sweep, TRIAL_ID: source, PARENT: ctx.parent_run_id})
+    label = (found[0].info.run_name or source).split(" ")[0] if found else source
+    name = f"final{rank} {label} {params_label(params, ctx.base_config)}".strip()
+    run_id = trial_run(store, ctx, final_key(rank, source), "final", params, name)
     store.set_tags(run_id, {TAG + "rank": rank, TAG + "source_trial": source})
     return run_id
 
@@ -284,7 +304,8 @@ def run_final_seed(ctx: TrialContext, config: dict) -> None:
     params, key = entry["params"], final_key(entry["rank"], entry["source"])
     store = MlflowStore(ctx.tracking_uri, ctx.experiment_id)
     try:
-        rec = run_seed(ctx, store, trial_config(ctx, params), params, final["seed"], entry["run_id"], key, "final")
+        rec = run_seed(ctx, store, trial_config(ctx, params), params, final["seed"], entry["run_id"], key, "final",
+                       label=f"final{entry['rank']}")
     except Exception as e:  # recorded on the seed run; the final group's aggregate reports it
         _log_traceback(e)
         report({"partial": False, "final": True, "failed": True, "error": _trial_error(e), "seed": final["seed"],

@@ -136,23 +136,38 @@ class MlflowStore:
         self.experiment_id = experiment_id
 
     # ----- experiments and runs ----------------------------------------------------------------------
-    def ensure_experiment(self, name: str, artifact_root: Path | None = None) -> str:
-        """The experiment's id, created once (in the driver) with an explicit artifact location."""
+    def ensure_experiment(self, name: str, artifact_root: Path | None = None, description: str | None = None) -> str:
+        """The experiment's id, created once (in the driver) with an explicit artifact location, marked as a
+        model-training experiment (MLflow's runs view, not its GenAI traces) and given `description`."""
+        from clrepro.tracking.names import EXPERIMENT_KIND, MODEL_TRAINING, NOTE
+
         exp = _retry(self.client.get_experiment_by_name, name)
+        tags = {EXPERIMENT_KIND: MODEL_TRAINING, **({NOTE: description} if description else {})}
         if exp is None:
             location = None
             if self.tracking_uri.startswith("sqlite:"):
                 root = artifact_root or Path(self.tracking_uri[len("sqlite:///"):]).parent / "mlartifacts"
                 location = (Path(root) / name).resolve().as_uri()
-            self.experiment_id = _retry(self.client.create_experiment, name, artifact_location=location)
+            self.experiment_id = _retry(self.client.create_experiment, name, artifact_location=location, tags=tags)
         else:
             if exp.lifecycle_stage == "deleted":
                 _retry(self.client.restore_experiment, exp.experiment_id)
             self.experiment_id = exp.experiment_id
+            for k, v in tags.items():  # an experiment made before these tags, or a sweep file changed since
+                if exp.tags.get(k) != v:
+                    _retry(self.client.set_experiment_tag, exp.experiment_id, k, v)
         return self.experiment_id
 
     def create_run(self, name: str, tags: dict[str, Any], parent: str | None = None) -> str:
-        tags = {k: str(v) for k, v in tags.items()}
+        """A run named `name`; the User, Source and Version columns' tags come from this process (a top-level
+        run) or from the parent run (a trial or seed run in a Ray worker is the driver's command)."""
+        from clrepro.tracking.names import SOURCE_TAGS, source_tags
+
+        base = source_tags()
+        if parent:
+            inherited = {k: v for k, v in self.run_tags(parent).items() if k in SOURCE_TAGS}
+            base = inherited or base
+        tags = {**base, **{k: str(v) for k, v in tags.items()}}
         if parent:
             tags[PARENT] = parent  # explicit nesting: fluent nesting does not cross Ray processes
         return _retry(self.client.create_run, self.experiment_id, tags=tags, run_name=name).info.run_id
