@@ -126,7 +126,7 @@ def run_seed(ctx: TrialContext, store: MlflowStore, cfg, params: dict, seed: int
             with tempfile.TemporaryDirectory() as d:
                 acc = read_acc_matrix(store.download(old.info.run_id, "acc.csv", Path(d)))
             m = old.data.metrics
-            return _seed_record(m, acc, 0.0) | {"reused": True}
+            return _seed_record(m, acc, 0.0) | {"reused": True, "seed": seed}
         # interrupted mid-seed (a lost worker, a killed sweep): closed as KILLED, then replaced by a new run
         if old.info.status == "RUNNING":
             store.set_tags(old.info.run_id, {TAG + "ended_by": "replaced after an interruption"})
@@ -150,7 +150,7 @@ def run_seed(ctx: TrialContext, store: MlflowStore, cfg, params: dict, seed: int
                     pass
             store.end_with(run_id, e)
             raise
-    return _seed_record(result.metrics, result.main.acc, result.engine_seconds)
+    return _seed_record(result.metrics, result.main.acc, result.engine_seconds) | {"seed": seed}
 
 
 def log_trial_summary(store: MlflowStore, run_id: str, records: list[dict], title: str | None = None) -> dict:
