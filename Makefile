@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml ci/constraints.txt | sha1sum | cut -c1-12)
 CLREPRO := $(VENV)/bin/clrepro
 
-.PHONY: venv quickstart test bench tables parity clean
+.PHONY: venv quickstart test docs lint bench tables parity clean
 
 venv: $(STAMP)
 
@@ -24,9 +24,19 @@ quickstart: venv
 test: venv
 	$(VENV)/bin/python -m pytest
 
-# Regenerate the CI-scale tables into a clean store and compare with paper_tables/ci/expected/.
+# The docs site (docs/, mkdocs.yml) in strict mode: a broken link or anchor fails. Output in site/.
+docs: venv
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+# The GitHub workflow against its JSON schema and zizmor's audits, both offline.
+lint: venv
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(VENV)/bin/zizmor --offline --no-progress .github/workflows/
+
+# Regenerate the CI-scale tables into a clean store and compare with paper_tables/ci/expected/;
+# TABLES_OUT=DIR also writes them there (md, tex, csv, png), as CI does for its artifact.
 tables: venv
-	$(VENV)/bin/python ci/regenerate_tables.py
+	$(VENV)/bin/python ci/regenerate_tables.py $(if $(TABLES_OUT),--out $(TABLES_OUT))
 
 bench: venv
 	$(VENV)/bin/python benchmarks/hat_step_overhead.py
@@ -37,4 +47,4 @@ parity: venv
 	$(VENV)/bin/python benchmarks/parity/run.py $(if $(PAIR),--only $(PAIR)) $(if $(SEEDS),--seeds $(SEEDS))
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache ray_results mlartifacts mlflow.db
+	rm -rf $(VENV) outputs site .pytest_cache ray_results mlartifacts mlflow.db

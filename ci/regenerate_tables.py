@@ -1,12 +1,13 @@
 """Regenerate the CI-scale tables into a clean tracking store and compare them with the committed outputs.
 
-Usage: python ci/regenerate_tables.py [--update] [TABLE.yaml ...]   (default: paper_tables/ci/*.yaml)
+Usage: python ci/regenerate_tables.py [--update] [--out DIR] [TABLE.yaml ...]   (default: paper_tables/ci/*.yaml)
 For each table with `regenerate: true`: produce its runs (`--run`) in a fresh MLflow store, render its
 CSV, and compare with paper_tables/ci/expected/<name>.csv. The comparison tolerates what another
 machine can change (floating-point kernels: |Δ| ≤ ATOL display points on means and stds, default 0.5,
 env CLREPRO_TABLE_ATOL) and fails on drift: a different row, column, seed set, n or published value,
 or a number further off. On the machine that wrote the expected files the numbers are identical.
-`--update` rewrites the expected files instead.
+`--update` rewrites the expected files instead; `--out DIR` also writes each regenerated table there as
+Markdown, LaTeX, CSV and a plot (CI uploads them).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ EXACT = ("row", "benchmark", "metric", "n", "published_mean", "published_std", "
 CLOSE = ("mean", "std")
 
 
-def regenerate(spec_path: Path, tracking_uri: str) -> str:
+def regenerate(spec_path: Path, tracking_uri: str, out: Path | None = None) -> str:
     from clrepro.tables.produce import produce_missing
     from clrepro.tables.render import to_csv
     from clrepro.tables.sources import RunReader
@@ -36,7 +37,12 @@ def regenerate(spec_path: Path, tracking_uri: str) -> str:
     spec.tracking_uri = tracking_uri
     reader = RunReader(tracking_uri)
     produce_missing(spec, reader, log=lambda m: print(f"  {m}", flush=True))
-    return to_csv(build_table(spec, RunReader(tracking_uri)))
+    table = build_table(spec, RunReader(tracking_uri))
+    if out is not None:
+        from clrepro.tables.render import write_all
+
+        write_all(table, out, spec_path.stem)
+    return to_csv(table)
 
 
 def compare(name: str, got: str, expected: str, atol: float) -> list[str]:
@@ -63,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("tables", nargs="*", type=Path)
     ap.add_argument("--update", action="store_true", help="rewrite the expected CSVs")
+    ap.add_argument("--out", type=Path, help="also write the regenerated tables here (md, tex, csv, png)")
     args = ap.parse_args(argv)
     import yaml
 
@@ -75,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (yaml.safe_load(path.read_text()) or {}).get("regenerate", True):
                 continue
             print(f"regenerating {path.relative_to(ROOT)}", flush=True)
-            got = regenerate(path, uri)
+            got = regenerate(path, uri, args.out.resolve() if args.out else None)
             expected_file = EXPECTED / f"{path.stem}.csv"
             if args.update or not expected_file.exists():
                 EXPECTED.mkdir(parents=True, exist_ok=True)

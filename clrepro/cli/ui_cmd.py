@@ -1,4 +1,4 @@
-"""`clrepro ui`: the MLflow UI on the sweep's tracking store (loopback by default)."""
+"""`clrepro ui`: the MLflow UI on the sweep's tracking store (loopback by default), opening on training runs."""
 
 from __future__ import annotations
 
@@ -24,11 +24,32 @@ def main(args) -> int:
     except (OSError, UnicodeError) as e:
         raise UserError(f"--host {args.host} --port {args.port}: cannot listen there ({getattr(e, 'strerror', None) or e})") \
             from None
+    # --app-name clrepro: MLflow's server whose page defaults to "Model training" (clrepro/tracking/ui_app.py)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port), "--workers", "1"]
+           "--port", str(args.port), "--workers", "1", "--app-name", "clrepro"]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)")
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI on {base} for {uri} (Ctrl-C stops it)")
+    _print_experiments(uri, base)
     try:
         return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:
         return 0
+
+
+def _print_experiments(uri: str, base: str, limit: int = 8) -> None:
+    """The newest experiments with a link that opens each on its runs (in any browser)."""
+    import logging
+
+    from clrepro.tracking.ui_app import runs_url
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        from mlflow.tracking import MlflowClient
+
+        exps = MlflowClient(uri).search_experiments(max_results=limit + 1, order_by=["creation_time DESC"])
+    except Exception:  # the listing is a convenience; the UI itself reports store problems
+        return
+    exps = [e for e in exps if e.name != "Default"][:limit]
+    for e in exps:
+        print(f"  {e.name}: {runs_url(base, e.experiment_id)}")
