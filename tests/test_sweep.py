@@ -138,6 +138,7 @@ def test_lost_worker_node_is_retried_and_every_trial_runs_once(tmp_path):
     pairs = [(s["clrepro.trial_id"], s["clrepro.seed"]) for s in seeds]
     assert len(pairs) == len(set(pairs)) == 8 and all(s["status"] == "FINISHED" for s in seeds)
     assert all(t.status == "DONE" for t in outcome.trials) and outcome.final and "aggregate" in outcome.final[0]
+    assert outcome.retried >= 1  # Tune's FailureConfig restarted it (max_failures, default 2)
     assert "RUNNING" not in all_statuses(db)  # the lost node's seed run was closed (KILLED), then replaced
 
 
