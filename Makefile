@@ -26,7 +26,7 @@ test: venv
 
 # The docs site (docs/, mkdocs.yml) in strict mode: a broken link or anchor fails. Output in site/.
 docs: venv
-	$(VENV)/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # The GitHub workflow against its JSON schema and zizmor's audits, both offline.
 lint: venv

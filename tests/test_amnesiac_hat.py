@@ -33,7 +33,7 @@ def make(tiny, *overrides: str, tasks: int = 3, unlearning: bool = True) -> Engi
 
 
 def learn(engine: Engine, t: int, unlearned=(), age: int = 4, before_fit=None) -> None:
-    """Task t as the engine runs it in an unlearning run (metrics.md §2 steps 3-5, then end_task)."""
+    """Task t as the engine runs it in an unlearning run (docs/unlearning.md steps 3-5, then end_task)."""
     algo = engine.algorithm
     task = engine._task(t)
     algo.unlearnable_ids = [k for k in range(1, t + 1) if t - k < age and k not in unlearned]

@@ -1,4 +1,4 @@
-"""CUL metrics (metrics.md §1.7-1.8, §5.5-5.6): distances, DD/AG batch weighting, scopes, AA_all/AA_remaining."""
+"""CUL metrics (docs/unlearning.md): distances, DD/AG batch weighting, scopes, AA_all/AA_remaining."""
 
 import json
 import math

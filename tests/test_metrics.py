@@ -1,4 +1,4 @@
-"""CL metrics (metrics.md §1.2-1.5) on hand-computed matrices, and the acc.csv schema (§4.2)."""
+"""CL metrics (docs/metrics/index.md) on hand-computed matrices, and the acc.csv schema."""
 
 import json
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # every process of a local test cluster agrees (stack.md)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # every process of a local test cluster agrees (docs/cluster.md)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_EXPERIMENT = {"name": "hat_pmnist",

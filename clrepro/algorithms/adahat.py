@@ -1,4 +1,4 @@
-"""AdaHAT: adaptive hard attention to the task (algorithms.md §3), HAT with soft, capacity-aware protection."""
+"""AdaHAT: adaptive hard attention to the task (docs/algorithms/adahat.md), HAT with soft, capacity-aware protection."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from clrepro.backbones.masks import parameter_wise
 from clrepro.config.hparams import hp
 from clrepro.registry import ALGORITHMS
 
-# Adjustment rate r_l from the step's network sparsity R_l (AdaHAT Eq. for r; §3).
+# Adjustment rate r_l from the step's network sparsity R_l (AdaHAT Eq. for r; docs/algorithms/adahat.md).
 RATES: dict[str, Callable[[torch.Tensor, float, float], torch.Tensor]] = {
     "adahat": lambda R, alpha, eps: alpha / (eps + R),
     "adahat_no_sum": lambda R, alpha, eps: alpha / (eps + R),   # ablation: S replaced by t (below)

@@ -1,4 +1,4 @@
-"""AmnesiacHAT: AdaHAT with DER++ replay, backups and task-wise update records, so tasks can be unlearned (§6–7)."""
+"""AmnesiacHAT: AdaHAT with DER++ replay, backups and task-wise update records, so tasks can be unlearned."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from clrepro.config.hparams import hp
 from clrepro.errors import ConfigError
 from clrepro.registry import ALGORITHMS, BACKBONES
 
-# The protection rules each architecture allows (§6 "Valid adjustment modes").
+# The protection rules each architecture allows.
 ARCHITECTURES = {"AdaHAT": tuple(RATES), "HAT": ("hat", "hat_random", "hat_const_1")}
 REPAIR_STRATEGIES = ("joint", "sequential_finetuning", "sequential_adahat")
 
@@ -56,11 +56,11 @@ class AmnesiacHATConfig(AdaHATConfig):
 
 @ALGORITHMS.register("amnesiac_hat")
 class AmnesiacHAT(AdaHAT):
-    """AdaHAT (or HAT) + DER++ replay whose task updates can be taken back (AmnesiacHAT §6–7).
+    """AdaHAT (or HAT) + DER++ replay whose task updates can be taken back (docs/algorithms/amnesiac_hat.md).
 
     Learning task t: L = CE(z, y) + mean_{u∈U_t} CE(z^u, y) + λ·R + α_D·MSE(z_r', z_r) + β·CE(z_r', y_r), where
     z^u comes from backup B^{u→t} routed through u's units (`forward_with_backup`) and z_r' from each replayed
-    sample's own stored mask and head. Δθ^t is recorded per task. Unlearning U after task t (§7): delete
+    sample's own stored mask and head. Δθ^t is recorded per task. Unlearning U after task t: delete
     Σ_{u∈U} Δθ^u, purge the buffer, copy backup weights where M^τ ∩ M^u, then repair by replaying the affected
     tasks with gradients confined to ∪ M^u.
 
@@ -141,7 +141,7 @@ class AmnesiacHAT(AdaHAT):
                           and not self.cfg.fresh_repair_optimizer)
 
     def prepare_adjustment(self) -> None:
-        """HAT: P from M^{<t} (§2); AdaHAT: min-aggregated summative mask S^{<t} over `_counted_tasks` (§3)."""
+        """HAT: P from M^{<t}; AdaHAT: min-aggregated summative mask S^{<t} over `_counted_tasks`."""
         if self.cfg.architecture == "HAT":
             HAT.prepare_adjustment(self)
             return
@@ -155,7 +155,7 @@ class AmnesiacHAT(AdaHAT):
         return HAT.adjustment(self) if self.cfg.architecture == "HAT" else AdaHAT.adjustment(self)
 
     def _build_backups(self, t: int) -> None:
-        """U_t = unlearnable \\ {t}: one plain backup per u, initialised per `backup_init_mode` (§6 task setup)."""
+        """U_t = unlearnable \\ {t}: one plain backup per u, initialised per `backup_init_mode` (docs/algorithms/amnesiac_hat.md task setup)."""
         self.backups = nn.ModuleDict()
         if self.records is None:
             return
@@ -222,7 +222,7 @@ class AmnesiacHAT(AdaHAT):
         mask = self.masks.gate(self._s)
         logits = self.heads(self.backbone(batch.x, mask), batch.task_id)
         loss = F.cross_entropy(logits, batch.y)
-        if len(self.backups):  # mean_u CE(z^u, y), z^u through u's units of B^u (§6 per step 2)
+        if len(self.backups):  # mean_u CE(z^u, y), z^u through u's units of B^u
             stored = self.masks.task_masks
             backup_ce = [F.cross_entropy(self.heads(self.backbone.forward_with_backup(batch.x, b, stored[int(u)], mask),
                                                     batch.task_id), batch.y) for u, b in self.backups.items()]
@@ -240,7 +240,7 @@ class AmnesiacHAT(AdaHAT):
 
     def replay_loss(self, replay: Replay) -> torch.Tensor:
         """DER++ term α_D·MSE(z', z_r) + β·CE(z', y_r), z' = head_{τ_r}(f(x_r; M^{τ_r})): each sample's stored
-        test mask and own head. MSE is per sample over its head's width, then the batch mean (§5, A5)."""
+        test mask and own head. MSE is per sample over its head's width, then the batch mean (docs/algorithms/der.md, A5)."""
         row = self._table_row[replay.task_id]
         features = self.backbone(replay.x, {l: m[row] for l, m in self._table.items()})
         sq, ce = [], []
@@ -257,7 +257,7 @@ class AmnesiacHAT(AdaHAT):
 
     def after_optimizer_step(self, step: Step) -> None:
         super().after_optimizer_step(step)
-        if self._pending is not None:  # (x, y, z.detach(), t) into the reservoir (§6 per step 7)
+        if self._pending is not None:  # (x, y, z.detach(), t) into the reservoir
             self.buffer.add(*self._pending)
             self._pending = None
 
@@ -295,7 +295,7 @@ class AmnesiacHAT(AdaHAT):
                 else:
                     st["momentum_buffer"].mul_(o["momentum"]).add_(g)
 
-    # ----- unlearning (§7) -------------------------------------------------------------------------
+    # ----- unlearning -------------------------------------------------------------------------
     def unlearn(self, task_ids: list[int]) -> None:
         """Deletion, buffer purge, backup compensation, replay repairing, then the masks as B12 says."""
         if self.records is None:

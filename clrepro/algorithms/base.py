@@ -51,7 +51,7 @@ class CLAlgorithm(nn.Module):
     Config: ClassVar[type] = NoHyperparameters
     scenarios: ClassVar[tuple[str, ...]] = SCENARIOS
     requires_masked_backbone: ClassVar[bool] = False
-    # The reference steps ReduceLROnPlateau only for algorithms with automatic optimisation (algorithms.md §0, A11).
+    # The reference steps ReduceLROnPlateau only for algorithms with automatic optimisation (docs/algorithms/index.md, A11).
     lr_scheduler_live: ClassVar[bool] = True
     # A multitask algorithm (Joint) trains once on all tasks together instead of task by task.
     multitask: ClassVar[bool] = False
@@ -94,7 +94,7 @@ class CLAlgorithm(nn.Module):
 
     # ----- training step ---------------------------------------------------------------------------
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
-        """What the fresh per-task optimizer receives: all parameters, as the reference does (§0)."""
+        """What the fresh per-task optimizer receives: all parameters, as the reference does."""
         return self.parameters()
 
     def training_loss(self, batch: Batch, step: Step) -> torch.Tensor:
@@ -113,7 +113,7 @@ class CLAlgorithm(nn.Module):
         return self.heads(self.backbone(x), task_id)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The aggregated backbone feature φ(x) the CUL metric DD compares (metrics.md §1.7).
+        """The aggregated backbone feature φ(x) the CUL metric DD compares (docs/unlearning.md).
 
         φ averages the backbone output over the processed tasks; for a plain backbone every term is the
         same, and HAT-family backbones use all-ones masks at this stage, so both reduce to the unmasked output.
@@ -123,15 +123,15 @@ class CLAlgorithm(nn.Module):
     def validation_loss(self, x: torch.Tensor, y: torch.Tensor, task_id: int) -> torch.Tensor:
         return F.cross_entropy(self.forward(x, task_id, "val"), y)
 
-    # ----- continual unlearning (metrics.md §2) -------------------------------------------------------
+    # ----- continual unlearning (docs/unlearning.md) -------------------------------------------------------
     # A native unlearner (AmnesiacHAT, Independent) overrides `unlearn`. An algorithm that sets
-    # `update_deletion = True` is unlearned generically (the AmnesiacHAT paper's baselines, §7): the engine
+    # `update_deletion = True` is unlearned generically (the AmnesiacHAT paper's baselines, docs/unlearning.md): the engine
     # records each task's update Δθ^t of every parameter and buffer, `unlearn` subtracts Δθ^u and then calls
     # `forget(u)` so the algorithm drops what it keeps per task (teacher, Fisher, snapshot, buffer entries).
     supports_unlearning: ClassVar[bool] = False
     update_deletion: ClassVar[bool] = False
     # Filled by the engine in an unlearning run before `setup_task(t)`: the tasks still unlearnable at t
-    # (t itself included) and those unlearned so far (§2 "Unlearnability").
+    # (t itself included) and those unlearned so far.
     unlearnable_ids: list[int]
     unlearned_ids: list[int]
 
@@ -146,9 +146,9 @@ class CLAlgorithm(nn.Module):
         return cls.supports_unlearning or cls.update_deletion
 
     def unlearn(self, task_ids: list[int]) -> None:
-        """Forget `task_ids` on request (called after task N's fit, before its test; metrics.md §2).
+        """Forget `task_ids` on request (called after task N's fit, before its test; docs/unlearning.md).
 
-        Default (update deletion, §7 baselines): θ ← θ − Σ_u Δθ^u over backbone and heads, then `forget`.
+        Default (update deletion, docs/unlearning.md baselines): θ ← θ − Σ_u Δθ^u over backbone and heads, then `forget`.
         """
         if self.update_records is None:
             raise NotImplementedError(f"{type(self).__name__} does not support unlearning")

@@ -1,4 +1,4 @@
-"""A reservoir memory of (x, y, logits, task id) on the device, shared by DER, DER++ and AmnesiacHAT (§5)."""
+"""A reservoir memory of (x, y, logits, task id) on the device, shared by DER, DER++ and AmnesiacHAT."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ class ReservoirBuffer:
     def sample(self, size: int, task_ids: list[int] | None = None) -> Replay | None:
         """Up to `size` entries drawn uniformly with replacement among those of `task_ids` (None: any); None if empty.
 
-        As the reference's `get_data`, the draw is capped at the number of matching entries (§5).
+        As the reference's `get_data`, the draw is capped at the number of matching entries.
         """
         idx = self.indices(task_ids)
         if len(idx) == 0:

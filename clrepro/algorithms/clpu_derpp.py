@@ -1,4 +1,4 @@
-"""CLPU-DER++: still-unlearnable tasks learn in temporary networks, merged into the DER++ main model later (§7)."""
+"""CLPU-DER++: still-unlearnable tasks learn in temporary networks, merged into the DER++ main model later."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DER and DER++: dark experience replay of stored logits (and labels) from a reservoir buffer (algorithms.md §5)."""
+"""DER and DER++: dark experience replay of stored logits (and labels) from a reservoir buffer (docs/algorithms/der.md)."""
 
 from __future__ import annotations
 

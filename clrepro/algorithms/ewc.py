@@ -1,4 +1,4 @@
-"""EWC: multi-penalty elastic weight consolidation as the reference implements it (algorithms.md §9)."""
+"""EWC: multi-penalty elastic weight consolidation as the reference implements it (docs/algorithms/ewc.md)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ class EWC(ParameterRegularization):
 
     Config = EWCConfig
     lr_scheduler_live = False  # manual optimisation in the reference: the scheduler never steps (A11)
-    update_deletion = True     # the AmnesiacHAT paper's amnesiac EWC baseline (§7)
+    update_deletion = True     # the AmnesiacHAT paper's amnesiac EWC baseline
     accumulate_path_integral = False
     summary = "elastic weight consolidation: one Fisher-weighted quadratic penalty per old task"
 

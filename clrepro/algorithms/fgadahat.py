@@ -1,4 +1,4 @@
-"""FG-AdaHAT: fine-grained neuron importance guided AdaHAT (algorithms.md §4)."""
+"""FG-AdaHAT: fine-grained neuron importance guided AdaHAT (docs/algorithms/fgadahat.md)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from clrepro.backbones.masks import AGGREGATIONS, parameter_wise
 from clrepro.config.hparams import hp
 from clrepro.registry import ALGORITHMS
 
-# Importance scheduler c (§4): per layer from the step's R_l; the summative variant is parameter-wise.
+# Importance scheduler c: per layer from the step's R_l; the summative variant is parameter-wise.
 SCHEDULERS = {
     "linear_sparsity_reg": lambda t, R, b_L, b_R, S: (t + b_L) * (R + b_R),   # paper
     "sparsity_reg": lambda t, R, b_L, b_R, S: R + b_R,                          # ablation case 1
     "summative_mask_sparsity_reg": lambda t, R, b_L, b_R, S: (S + b_L) * (R + b_R),  # B6: the intended formula
 }
-# How the task's importance I^t folds into the summative importance S_I = I^{<t+1} (§4 step 6).
+# How the task's importance I^t folds into the summative importance S_I = I^{<t+1}.
 SUMMING = {
     "add_latest": lambda history: history[-1],                          # S_I += I^t
     "add_all": lambda history: sum(history),                            # S_I += Σ_{τ≤t} I^τ (paper, A3)
@@ -119,7 +119,7 @@ class FGAdaHAT(AdaHAT):
         return loss
 
     def adjustment(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
-        """a = α / (c · Agg(I) + α) with c from this step's network sparsity R_l (§4)."""
+        """a = α / (c · Agg(I) + α) with c from this step's network sparsity R_l."""
         cfg, t = self.cfg, self.task_id
         schedule = SCHEDULERS[cfg.importance_scheduler_type]
         out = []
@@ -131,7 +131,7 @@ class FGAdaHAT(AdaHAT):
     @torch.no_grad()
     def after_optimizer_step(self, step: Step) -> None:
         super().after_optimizer_step(step)
-        for layer, u in self.step_importance().items():  # §4 steps 1-4
+        for layer, u in self.step_importance().items():  # docs/algorithms/fgadahat.md steps 1-4
             u = imp.min_max_normalize(u)
             if self.cfg.step_multiply_training_mask:
                 u = u * self._train_mask[layer]

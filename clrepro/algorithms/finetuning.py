@@ -1,4 +1,4 @@
-"""Finetuning: plain cross-entropy on the current task, shared backbone, a fresh optimizer per task (§10)."""
+"""Finetuning: plain cross-entropy on the current task, shared backbone, a fresh optimizer per task."""
 
 from __future__ import annotations
 
@@ -11,4 +11,4 @@ class Finetuning(CLAlgorithm):
     """The lower bound: L = CE(f_t(x), y), nothing protects old tasks."""
 
     summary = "plain cross-entropy on each new task (lower bound)"
-    update_deletion = True  # amnesiac Finetuning (AmnesiacHAT paper baseline, §7): subtract Δθ^u
+    update_deletion = True  # amnesiac Finetuning (AmnesiacHAT paper baseline, docs/unlearning.md): subtract Δθ^u

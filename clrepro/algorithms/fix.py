@@ -1,4 +1,4 @@
-"""Fix: learn task 1, then freeze; later tasks are not trained (algorithms.md §10, A9)."""
+"""Fix: learn task 1, then freeze; later tasks are not trained (docs/algorithms/fix.md, A9)."""
 
 from __future__ import annotations
 

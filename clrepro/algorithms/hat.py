@@ -1,4 +1,4 @@
-"""HAT: hard attention to the task (Serrà et al. 2018) as the reference implements it (algorithms.md §2)."""
+"""HAT: hard attention to the task (Serrà et al. 2018) as the reference implements it (docs/algorithms/hat.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from clrepro.backbones.masks import EMBEDDING_INITS, anneal_scale, parameter_wis
 from clrepro.config.hparams import hp
 from clrepro.registry import ALGORITHMS
 
-# Gradient multiplier a(P) for the parameter-wise cumulative mask P (§2 step 3).
+# Gradient multiplier a(P) for the parameter-wise cumulative mask P.
 ADJUSTMENTS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "hat": lambda P, alpha: 1 - P,                                   # HAT Eq. 2
     "hat_const_alpha": lambda P, alpha: alpha * P + (1 - P),         # AdaHAT-paper baseline
@@ -49,7 +49,7 @@ def free_units(used: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], 
 
 def mask_sparsity(mask: dict[str, torch.Tensor], free: dict[str, torch.Tensor], free_count: dict[str, float],
                   min_free: int = 10) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mask sparsity regulariser R and per-layer network sparsity R_l (§2).
+    """Mask sparsity regulariser R and per-layer network sparsity R_l.
 
     R = Σ_l Σ_i m_{l,i} (1 − M^{<t}_{l,i}) / Σ_l Σ_i (1 − M^{<t}_{l,i}); each ratio is 0 when its
     denominator is ≤ `min_free` units.

@@ -1,4 +1,4 @@
-"""FG-AdaHAT's neuron-importance measures (algorithms.md §4): per-unit importance of each weighted layer.
+"""FG-AdaHAT's neuron-importance measures (docs/algorithms/fgadahat.md): per-unit importance of each weighted layer.
 
 Direct measures read weights, their gradients and the recorded activations; the attribution measures
 (FA, II, GS, DL) use Captum's layer attribution classes on the layer's module output, with the

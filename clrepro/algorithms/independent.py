@@ -1,4 +1,4 @@
-"""Independent: a fresh copy of the same initial network per task (the FWT reference, metrics.md §1.6)."""
+"""Independent: a fresh copy of the same initial network per task (the FWT reference, docs/metrics/index.md#reference-runs)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class Independent(CLAlgorithm):
 
     Config = IndependentConfig
     summary = "one network per task, each from the same initialisation (reference for FWT); unlearns exactly"
-    supports_unlearning = True  # UnlearnableIndependent (AmnesiacHAT paper baseline, §7): exact unlearning
+    supports_unlearning = True  # UnlearnableIndependent (AmnesiacHAT paper baseline, docs/unlearning.md): exact unlearning
 
     def __init__(self, backbone, heads, cfg, num_tasks):
         super().__init__(backbone, heads, cfg, num_tasks)
@@ -56,7 +56,7 @@ class Independent(CLAlgorithm):
                 self.heads.head(u).reset_parameters()
 
     def features(self, x):
-        """φ averages the backbones still valid, so unlearned tasks' networks are excluded (metrics.md §1.7)."""
+        """φ averages the backbones still valid, so unlearned tasks' networks are excluded (docs/unlearning.md)."""
         valid = list(self.task_backbones.values())
         if not valid:
             return self.backbone(x)

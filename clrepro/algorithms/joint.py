@@ -1,4 +1,4 @@
-"""Joint: one multi-task model trained on all tasks at once, the upper reference of FR (metrics.md §1.6)."""
+"""Joint: one multi-task model trained on all tasks at once, the upper reference of FR (docs/metrics/index.md#reference-runs)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class Joint(CLAlgorithm):
     """Shared backbone, one head per task, trained on the shuffled union of every task's training set.
 
     The loss groups each mini-batch by task: L = mean over the tasks k present of CE_k on k's own slice
-    (metrics.md §1.6 and §5.3), so tasks with different class counts train correctly.
+    (docs/metrics/index.md#reference-runs), so tasks with different class counts train correctly.
     """
 
     multitask = True

@@ -1,4 +1,4 @@
-"""LwF: learning without forgetting, distilling one frozen teacher per earlier task (algorithms.md §8)."""
+"""LwF: learning without forgetting, distilling one frozen teacher per earlier task (docs/algorithms/lwf.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Random: the untrained network, the reference point of the forgetting ratio FR (metrics.md §1.6)."""
+"""Random: the untrained network, the reference point of the forgetting ratio FR (docs/metrics/index.md#reference-runs)."""
 
 from __future__ import annotations
 

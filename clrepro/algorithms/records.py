@@ -1,4 +1,4 @@
-"""Task-wise update records Δθ^t = θ_end − θ_start, stored sparsely, and their deletion (AmnesiacHAT §6–7)."""
+"""Task-wise update records Δθ^t = θ_end − θ_start, stored sparsely, and their deletion (docs/algorithms/amnesiac_hat.md)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ class UpdateRecords:
     `start(t)` snapshots the modules' floating-point state (parameters and buffers) just before task t's fit;
     `end(t)` stores Δθ^t = θ_end − θ_start. A tensor of Δθ^t that is mostly zero (HAT cuts the gradient of
     units owned by earlier tasks, so their entries do not move) is kept as a sparse COO tensor, the rest dense.
-    `delete(U)` applies θ ← θ − Σ_{u∈U} Δθ^u and forgets the records (algorithms.md §7 step 1).
+    `delete(U)` applies θ ← θ − Σ_{u∈U} Δθ^u and forgets the records (docs/algorithms/amnesiac_hat.md step 1).
     `end(t, owned)` may also name, per tensor, the rows × cols task t owns: the tensor is then kept as an
     `OwnedUpdate` (dense owned block + sparse residual) when that is smaller. Every form is lossless.
     """

@@ -103,7 +103,7 @@ class ParameterRegularization(CLAlgorithm):
 
     # ----- what is regularized -----------------------------------------------------------------------
     def named_regularized_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """Backbone parameters, plus the shared head in DIL (§9); per-task heads are never penalised."""
+        """Backbone parameters, plus the shared head in DIL; per-task heads are never penalised."""
         dil = self.heads.scenario == "DIL"
         for n, p in self.named_parameters():
             if p.requires_grad and (n.startswith("backbone.") or (dil and n.startswith("heads."))):

@@ -13,7 +13,7 @@ EMBEDDING_INITS = ("N01", "U-11", "U01", "U-10", "last")
 
 
 def anneal_scale(batch_idx: int, num_batches: int, s_max: float, offset_parity: bool = True) -> float:
-    """Annealed gate scale s for 0-based `batch_idx` of `num_batches` (algorithms.md §2, HAT Eq. 3).
+    """Annealed gate scale s for 0-based `batch_idx` of `num_batches` (docs/algorithms/hat.md, HAT Eq. 3).
 
     s = 1/s_max + (s_max - 1/s_max) * k / (B - 1), with k = batch_idx - 1 under `offset_parity`
     (bug B1: the reference's off-by-one, which gives batch 0 a negative s and never reaches s_max),
@@ -102,7 +102,7 @@ AGGREGATIONS = {"min": torch.minimum, "max": torch.maximum,
 
 def parameter_wise(params: Iterable[MaskedParam], unit_values: dict[str, torch.Tensor],
                    agg: str = "min") -> dict[str, torch.Tensor]:
-    """Lift per-unit values to per-parameter ones (algorithms.md §2 step 3).
+    """Lift per-unit values to per-parameter ones (docs/algorithms/hat.md step 3).
 
     Weight W_{l,ij} gets Agg(v_{l,i}, v_{l-1,j}) (conv kernels broadcast); the first layer's weights and
     every bias get v_{l,i}.

@@ -62,7 +62,7 @@ class MLP(Backbone):
 
 @BACKBONES.register("hat_mlp")
 class HATMaskMLP(MaskedBackbone):
-    """The MLP with a HAT gate on every layer: Linear → [BN] → ⊙ m_l → ReLU (algorithms.md §1)."""
+    """The MLP with a HAT gate on every layer: Linear → [BN] → ⊙ m_l → ReLU (docs/benchmarks.md)."""
 
     Config = MLPConfig
     plain_twin = "mlp"
@@ -97,7 +97,7 @@ class HATMaskMLP(MaskedBackbone):
         return h
 
     def plain_copy(self) -> MLP:
-        """A plain, unmasked MLP holding this one's current weights (AmnesiacHAT's backup backbone, §6).
+        """A plain, unmasked MLP holding this one's current weights (AmnesiacHAT's backup backbone, docs/algorithms/amnesiac_hat.md).
 
         Built on the meta device first, so making a copy draws nothing from the global RNG.
         """
@@ -109,7 +109,7 @@ class HATMaskMLP(MaskedBackbone):
 
     def forward_with_backup(self, x: torch.Tensor, backup: MLP, backup_mask: dict[str, torch.Tensor],
                             mask: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Layer-parallel forward through a backup B^u (AmnesiacHAT §6, per step 2).
+        """Layer-parallel forward through a backup B^u (docs/algorithms/amnesiac_hat.md, learning).
 
         The stream h starts at the input and at each layer l becomes
         y = M^u_l ⊙ Layer^{B^u}_l(h) + (1 − M^u_l) ⊙ Layer^{main}_l(h), then ⊙ m_l, ReLU, dropout as `forward`;

@@ -1,4 +1,4 @@
-"""ImageNet-style ResNet-18 as CLArena builds it (algorithms.md §1), plain and HAT-masked per output channel."""
+"""ImageNet-style ResNet-18 as CLArena builds it (docs/benchmarks.md), plain and HAT-masked per output channel."""
 
 from __future__ import annotations
 

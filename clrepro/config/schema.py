@@ -37,7 +37,7 @@ def devices_problem(devices) -> str | None:
 
 
 CL_METRICS = ("AA", "BWT", "FWT", "FR")
-CUL_METRICS = ("AA_remaining", "DD", "AGR")  # continual unlearning (metrics.md §1.7, §5.5)
+CUL_METRICS = ("AA_remaining", "DD", "AGR")  # continual unlearning (docs/unlearning.md)
 METRICS = CL_METRICS + CUL_METRICS
 LOWER_IS_BETTER = frozenset({"DD"})  # every other metric is "higher is better"
 PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true")
@@ -51,7 +51,7 @@ class TrainerConfig:
     batch_size: int = hp(128, low=1, high=2**31 - 1, doc="training batch size; batches by index, drop_last as the reference")
     eval_batch_size: int | None = hp(None, low=1, high=2**31 - 1, doc="test batch size for batch-mean accuracy (default batch_size)")
     acc_weighting: str = hp("batch_mean", choices=("batch_mean", "sample"),
-                            doc="batch_mean: mean of per-batch accuracies (reference parity, metrics.md §1.1); "
+                            doc="batch_mean: mean of per-batch accuracies (reference parity, docs/metrics/index.md); "
                                 "sample: correct / n")
     accelerator: str = hp("cpu", choices=("cpu", "cuda", "gpu", "mps", "auto"), doc="Lightning Fabric accelerator")
     devices: Any = hp(1, check=devices_problem, doc="Fabric devices (one device per run; e.g. 1 or [2])")
@@ -62,7 +62,7 @@ class TrainerConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = hp("adam", choices=("adam", "sgd"), doc="a fresh optimizer per task (algorithms.md §0)")
+    name: str = hp("adam", choices=("adam", "sgd"), doc="a fresh optimizer per task (docs/algorithms/index.md)")
     lr: float = hp(1e-3, low=0.0, low_open=True, symbol="lr")
     eps: float = hp(1e-8, low=0.0, doc="Adam eps; part of AdaHAT's method (B3)")
     betas: list[float] = hp([0.9, 0.999], low=0.0, high=1.0, high_open=True, length=2,
@@ -91,7 +91,7 @@ class ReferencesConfig:
 
 @dataclass
 class UnlearningConfig:
-    """Continual unlearning (metrics.md §2): requests after tasks, their limits, and the CUL metrics' options."""
+    """Continual unlearning (docs/unlearning.md): requests after tasks, their limits, and the CUL metrics' options."""
 
     requests: dict | None = hp(None, doc="{N: [task ids]}: after training task N, unlearn these tasks (empty: a CL run)")
     unlearnable_age: Any = hp(4, doc="a task τ can be unlearned after task N iff N − τ < age; an int or {task: age}")

@@ -84,10 +84,10 @@ class PermutedConfig:
     num_tasks: int = hp(5, low=1, high=MAX_TASKS, doc="number of permutations (tasks)")
     val_fraction: float = hp(0.1, low=0.0, high=0.5, doc="validation share of the train pool (seed 42)")
     permutation_seeds: list[int] | None = hp(None, low=0, high=INT64_MAX,
-                                             doc="per-task permutation seeds; default t-1 (metrics.md §3.2)")
+                                             doc="per-task permutation seeds; default t-1 (docs/benchmarks.md)")
     task1_default_seed_parity: bool = hp(True, doc="a seed of 0 leaves the generator at torch's default seed, "
                                                    "as the reference does for task 1; false seeds it with 0",
-                                         bug="metrics.md §3.2, §5.8")
+                                         bug="PMNIST task 1")
     root: str | None = hp(None, doc="data folder for torchvision sources (default $CLREPRO_DATA or ~/.cache)")
     download: bool = hp(True, doc="let torchvision download a missing source (never for embedded sources)")
 
@@ -199,7 +199,7 @@ class SplitClasses(Benchmark):
 @dataclass
 class CombinedConfig:
     sources: list[str] = hp(list(COMBINED20), choices=tuple(COMBINED_SOURCES),
-                            doc="one source per task, in order (default: the 20 of metrics.md §3.5)")
+                            doc="one source per task, in order (default: the 20 of docs/benchmarks.md#combined-20)")
     num_tasks: int = hp(20, low=1, high=MAX_TASKS,
                         doc="number of tasks: the first num_tasks sources (at most len(sources))")
     val_fraction: float = hp(0.1, low=0.0, high=0.5, doc="validation share of each train pool (random_split, "

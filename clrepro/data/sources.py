@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from clrepro.errors import DataUnavailableError
 
-SPLIT_SEED = 42  # the reference's fixed validation-split seed, independent of the run seed (metrics.md §3.1)
+SPLIT_SEED = 42  # the reference's fixed validation-split seed, independent of the run seed (docs/benchmarks.md)
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def cifar10(root: str | None = None, download: bool = True) -> SourceData:
 
 
 def validation_split(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train and validation indices of a pool of n: random_split(1-p, p) with generator seed 42 (§3.1)."""
+    """Train and validation indices of a pool of n: random_split(1-p, p) with generator seed 42."""
     train, val = random_split_indices(n, (1 - fraction, fraction))
     return train, val
 
@@ -174,7 +174,7 @@ def random_split_indices(n: int, fractions: tuple[float, ...]) -> list[torch.Ten
     return [perm[end - k:end] for end, k in zip(ends, lengths)]
 
 
-# ----- Combined-20 (metrics.md §3.5) ---------------------------------------------------------------------------
+# ----- Combined-20 (docs/benchmarks.md#combined-20) ---------------------------------------------------------------------------
 
 IMAGENET_MEAN, IMAGENET_STD = (0.4850, 0.4560, 0.4060), (0.2290, 0.2240, 0.2250)
 CIFAR_MEAN, CIFAR_STD = (0.5074, 0.4867, 0.4411), (0.2011, 0.1987, 0.2025)
@@ -211,7 +211,7 @@ def _folder(title, classes, gray, mean, std) -> CombinedSource:
     return CombinedSource(title, "folder", classes, gray, mean, std)
 
 
-COMBINED_SOURCES: dict[str, CombinedSource] = {  # in the order of Combined-20 (metrics.md §3.5)
+COMBINED_SOURCES: dict[str, CombinedSource] = {  # in the order of Combined-20 (docs/benchmarks.md#combined-20)
     "cifar10": _tv("CIFAR10", "CIFAR10", 10, False, CIFAR_MEAN, CIFAR_STD),
     "cifar100": _tv("CIFAR100", "CIFAR100", 100, False, CIFAR_MEAN, CIFAR_STD),
     "mnist": _tv("MNIST", "MNIST", 10, True, (0.1307,), (0.3081,)),
@@ -354,7 +354,7 @@ def _constants(src: CombinedSource, channels: int) -> tuple[tuple[float, ...], t
 @functools.lru_cache(maxsize=None)
 def load_combined(name: str, root: str | None = None, download: bool = True, size: int = 32, channels: int = 3,
                   test_fraction: float = 0.1) -> SourceData:
-    """A Combined-20 source as `channels` x size x size floats in [0, 1] with labels 0..C-1 (metrics.md §3.5).
+    """A Combined-20 source as `channels` x size x size floats in [0, 1] with labels 0..C-1 (docs/benchmarks.md#combined-20).
 
     Sources without a test split (caltech101, eurosat) are split 90/10 (test_fraction) into train pool and test with
     random_split's seed-42 generator; DTD and Country211 keep their official validation split in `val_x`/`val_y`.

@@ -96,7 +96,7 @@ def _reference(cfg: ExperimentConfig, kind: str, seed: int, listeners,
 
 
 def _cul(cfg: ExperimentConfig, engine: Engine, acc: np.ndarray, seed: int, listeners) -> tuple[dict, dict, float]:
-    """DD against the retrain reference, AG/AGR against the original one, AA_all/AA_remaining (§1.7)."""
+    """DD against the retrain reference, AG/AGR against the original one, AA_all/AA_remaining."""
     from clrepro.metrics.cul import accuracy_gain, cul_metrics, distribution_distance
 
     u = cfg.unlearning

@@ -1,4 +1,4 @@
-"""Reference experiments (independent, joint, random) derived from a main config (metrics.md §1.6)."""
+"""Reference experiments (independent, joint, random) derived from a main config (docs/metrics/index.md#reference-runs)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ REFERENCE_ALGORITHMS = {"independent": "independent", "joint": "joint", "random"
 # Which references each metric needs (FR^I needs the independent one instead of the joint one).
 NEEDS = {"AA": (), "BWT": (), "FWT": ("independent",), "FR": ("joint", "random"), "AA_remaining": (),
          "DD": (), "AGR": ()}
-# The continual-unlearning references (metrics.md §2): retrain never saw the unlearned tasks, original never unlearned.
+# The continual-unlearning references (docs/unlearning.md): retrain never saw the unlearned tasks, original never unlearned.
 CUL_NEEDS = {"DD": "retrain", "AGR": "original"}
 
 
@@ -31,7 +31,7 @@ def reference_config(cfg: ExperimentConfig, kind: str) -> ExperimentConfig:
     """The main config with the algorithm replaced by the reference and a masked backbone by its plain twin.
 
     HAT-family backbones cannot run the references as the reference implementation derives them, so they
-    are built from the plain twin (metrics.md §1.6). The joint reference is always task-incremental.
+    are built from the plain twin (docs/metrics/index.md#reference-runs). The joint reference is always task-incremental.
     """
     ref = copy.deepcopy(cfg)
     ref.name = f"{cfg.name}/ref{kind}"
@@ -53,7 +53,7 @@ def needed_cul_references(cfg: ExperimentConfig) -> list[str]:
 
 
 def cul_reference_config(cfg: ExperimentConfig, kind: str) -> ExperimentConfig:
-    """The same algorithm, hyperparameters and seed with unlearning switched off (§2); the retrain run's task
+    """The same algorithm, hyperparameters and seed with unlearning switched off; the retrain run's task
     subset is passed to the engine separately (the remaining tasks keep their ids and order)."""
     ref = copy.deepcopy(cfg)
     ref.name = f"{cfg.name}/ref{kind}"

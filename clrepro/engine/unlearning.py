@@ -1,4 +1,4 @@
-"""The unlearning protocol's plan: requests validated against the tasks seen and the unlearnable age (§2)."""
+"""The unlearning protocol's plan: requests validated against the tasks seen and the unlearnable age."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _int(v, key: str) -> int:
 
 @dataclass
 class UnlearningPlan:
-    """Requests {N: [ids]} and per-task ages for T tasks; `unlearnable(N, unlearned)` as metrics.md §2."""
+    """Requests {N: [ids]} and per-task ages for T tasks; `unlearnable(N, unlearned)` as docs/unlearning.md"""
 
     num_tasks: int
     requests: dict[int, list[int]]
@@ -75,7 +75,7 @@ class UnlearningPlan:
         return sorted({u for ids in self.requests.values() for u in ids})
 
     def retrain_tasks(self) -> list[int]:
-        """The retrain reference's tasks: 1..T minus U, original ids and order (§2)."""
+        """The retrain reference's tasks: 1..T minus U, original ids and order."""
         return [t for t in range(1, self.num_tasks + 1) if t not in set(self.unlearned)]
 
 

@@ -1,1 +1,1 @@
-"""Continual-learning metrics (metrics.md §1) and the reference acc.csv schema (§4.2)."""
+"""Continual-learning metrics (docs/metrics/index.md) and the reference acc.csv schema."""

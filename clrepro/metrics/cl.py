@@ -1,4 +1,4 @@
-"""CL metrics over the accuracy matrix: AA, BWT, FWT, FR and FR^I (metrics.md §1.2-1.5, §5.2-5.4).
+"""CL metrics over the accuracy matrix: AA, BWT, FWT, FR and FR^I (docs/metrics/index.md).
 
 Convention: `acc` is a (T, T) float array with acc[N-1, t-1] = a_{t,N}, the accuracy on task t after
 training task N, as a fraction in [0, 1]; entries above the diagonal (t > N) are NaN. Pure numpy, no I/O.
@@ -33,7 +33,7 @@ def _row_mean(values: np.ndarray) -> float:
 def _random_at(random: np.ndarray, n: int) -> np.ndarray:
     """a^R_{t,N} for t = 1..N: row N, else the diagonal a^R_{t,t}, else any row M >= t.
 
-    The Random model never changes, so a^R_{t,N} = a^R_{t,t} for every N >= t (metrics.md §1.5).
+    The Random model never changes, so a^R_{t,N} = a^R_{t,t} for every N >= t (docs/metrics/index.md).
     """
     out = random[n - 1, :n].copy()
     for t in np.flatnonzero(np.isnan(out)):
@@ -50,30 +50,30 @@ def _normalised_ratio(acc_vals, ref_vals, rand_vals) -> float:
 
 
 def average_accuracy_series(acc) -> np.ndarray:
-    """AA_N = (1/|S_N|) sum_{t in S_N} a_{t,N} for N = 1..T, the mean over the non-NaN entries of row N (§1.2)."""
+    """AA_N = (1/|S_N|) sum_{t in S_N} a_{t,N} for N = 1..T, the mean over the non-NaN entries of row N."""
     a = _square(acc)
     return np.array([_row_mean(row) for row in a])
 
 
 def bwt_series(acc) -> np.ndarray:
-    """BWT_N = 1/(N-1) sum_{t=1}^{N-1} (a_{t,N} - a_{t,t}) for N = 2..T (length T-1; rows from N=2, §1.3/§5.2)."""
+    """BWT_N = 1/(N-1) sum_{t=1}^{N-1} (a_{t,N} - a_{t,t}) for N = 2..T (length T-1; rows from N=2, docs/metrics/index.md)."""
     a = _square(acc)
     diag = np.diag(a)
     return np.array([np.mean(a[n - 1, : n - 1] - diag[: n - 1]) for n in range(2, a.shape[0] + 1)])
 
 
 def fwt_series(acc, independent) -> np.ndarray:
-    """FWT_N = 1/(N-1) sum_{t=2}^{N} (a_{t,t} - a^I_{t,t}) for N = 2..T; a^I = the independent run's diagonal (§1.4)."""
+    """FWT_N = 1/(N-1) sum_{t=2}^{N} (a_{t,t} - a^I_{t,t}) for N = 2..T; a^I = the independent run's diagonal."""
     a = _square(acc)
     gain = np.diag(a) - np.diag(_square(independent, "independent", a.shape[0]))
     return np.array([np.mean(gain[1:n]) for n in range(2, a.shape[0] + 1)])
 
 
 def forgetting_ratio(acc, joint_row, random) -> float:
-    """FR_T = (1/T) sum_{t=1}^{T} (a_{t,T} - a^R_{t,T}) / (a^J_t - a^R_{t,T}) - 1 (HAT's forgetting ratio, §1.5).
+    """FR_T = (1/T) sum_{t=1}^{T} (a_{t,T} - a^R_{t,T}) / (a^J_t - a^R_{t,T}) - 1 (HAT's forgetting ratio, docs/metrics/index.md).
 
     a^J_t is the joint row; a^R_{t,T} is the random matrix's last row, falling back to its diagonal where NaN.
-    The denominator is the count of tasks (§5.4). inf/NaN where a^J_t = a^R_{t,T}.
+    The denominator is the count of tasks. inf/NaN where a^J_t = a^R_{t,T}.
     """
     a = _square(acc)
     n = a.shape[0]
@@ -84,7 +84,7 @@ def forgetting_ratio(acc, joint_row, random) -> float:
 
 
 def forgetting_ratio_independent_series(acc, independent, random) -> np.ndarray:
-    """FR^I_N = min(0, (1/N) sum_{t=1}^{N} (a_{t,N} - a^R_{t,N}) / (a^I_{t,t} - a^R_{t,N}) - 1) for N = 1..T (§1.5).
+    """FR^I_N = min(0, (1/N) sum_{t=1}^{N} (a_{t,N} - a^R_{t,N}) / (a^I_{t,t} - a^R_{t,N}) - 1) for N = 1..T.
 
     A zero denominator (a^I_{t,t} = a^R_{t,N}) gives NaN, not a clamped 0.
     """

@@ -1,7 +1,7 @@
-"""Continual-unlearning metrics DD, AG/AGR, AA_all/AA_remaining and their CSVs (metrics.md §1.7-1.8, §5.5-5.6).
+"""Continual-unlearning metrics DD, AG/AGR, AA_all/AA_remaining and their CSVs (docs/unlearning.md).
 
 Pure torch/numpy, no engine imports. Tasks are 1-based IDs; E = the evaluated tasks 1..T, U = the tasks
-unlearned by the end, R = E \\ U (§1.7). Feature batches are (n, D) with rows the same samples in both models.
+unlearned by the end, R = E \\ U. Feature batches are (n, D) with rows the same samples in both models.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _pair(x, y) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def linear_cka(x, y) -> torch.Tensor:
-    """d = 1 - ||X~^T Y~||_F^2 / (||X~^T X~||_F * ||Y~^T Y~||_F + 1e-12), X~, Y~ centred over the samples (§1.7).
+    """d = 1 - ||X~^T Y~||_F^2 / (||X~^T X~||_F * ||Y~^T Y~||_F + 1e-12), X~, Y~ centred over the samples.
 
     X and Y may have different widths. A one-sample batch centres to zero and gives d = 1 (as the reference).
     """
@@ -55,19 +55,19 @@ def _per_sample(x, y, name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def euclidean(x, y) -> torch.Tensor:
-    """d = (1/n) sum_i ||x_i - y_i||_2 (§1.7)."""
+    """d = (1/n) sum_i ||x_i - y_i||_2."""
     x, y = _per_sample(x, y, "euclidean")
     return torch.linalg.vector_norm(x - y, ord=2, dim=-1).mean()
 
 
 def manhattan(x, y) -> torch.Tensor:
-    """d = (1/n) sum_i ||x_i - y_i||_1 (§1.7)."""
+    """d = (1/n) sum_i ||x_i - y_i||_1."""
     x, y = _per_sample(x, y, "manhattan")
     return torch.linalg.vector_norm(x - y, ord=1, dim=-1).mean()
 
 
 def cosine(x, y) -> torch.Tensor:
-    """d = 1 - (1/n) sum_i cos(x_i, y_i) (§1.7; torch's cosine_similarity, eps 1e-8)."""
+    """d = 1 - (1/n) sum_i cos(x_i, y_i) (docs/unlearning.md; torch's cosine_similarity, eps 1e-8)."""
     x, y = _per_sample(x, y, "cosine")
     return 1.0 - torch.nn.functional.cosine_similarity(x, y, dim=-1).mean()
 
@@ -83,7 +83,7 @@ def _check_batch_size(batch_size) -> int:
 
 
 def distribution_distance(phi_main, phi_ref, batch_size: int, distance: str = "linear_cka") -> float:
-    """DD_t = (1/B_t) sum_b d(Phi^main_b, Phi^ret_b) over consecutive test batches, weighted equally (§1.7).
+    """DD_t = (1/B_t) sum_b d(Phi^main_b, Phi^ret_b) over consecutive test batches, weighted equally.
 
     The last batch is the shorter remainder. One host sync, at the end.
     """
@@ -99,7 +99,7 @@ def distribution_distance(phi_main, phi_ref, batch_size: int, distance: str = "l
 
 
 def accuracy_gain(correct_main, correct_orig, batch_size: int) -> float:
-    """AG_t = (1/B_t) sum_b (acc_b(main) - acc_b(original)) from per-sample correctness vectors (§1.7)."""
+    """AG_t = (1/B_t) sum_b (acc_b(main) - acc_b(original)) from per-sample correctness vectors."""
     batch_size = _check_batch_size(batch_size)
     main = torch.as_tensor(correct_main).reshape(-1).to(torch.float64)
     orig = torch.as_tensor(correct_orig).reshape(-1).to(torch.float64)
@@ -115,7 +115,7 @@ def accuracy_gain(correct_main, correct_orig, batch_size: int) -> float:
 
 
 def scope_tasks(scope: str, evaluated: Iterable[int], unlearned: Iterable[int], fallback: bool = False) -> list[int]:
-    """The sorted task IDs of an average scope: all = E, remaining = E \\ U, unlearned = E ∩ U (§1.7).
+    """The sorted task IDs of an average scope: all = E, remaining = E \\ U, unlearned = E ∩ U.
 
     With fallback=True (DD) an empty scope falls back to all of E; without it (AG) it stays empty.
     """
@@ -144,7 +144,7 @@ def _per_task(values: dict, n_tasks: int, name: str) -> dict[int, float]:
 def cul_metrics(dd_per_task: dict[int, float], ag_per_task: dict[int, float] | None, acc_matrix,
                 unlearned: Iterable[int], dd_scope: str = "unlearned", ag_scope: str = "remaining",
                 distance: str = "linear_cka", batch_size: int | None = None) -> dict:
-    """DD, AGR, AA_all and AA_remaining for the final state, plus what a run record must name (§1.7, §5.5-5.6).
+    """DD, AGR, AA_all and AA_remaining for the final state, plus what a run record must name.
 
     E = 1..T with T from `acc_matrix` (acc[N-1, t-1] = a_{t,N}); U = `unlearned` (intersected with E).
     DD = mean DD_t over the DD scope (empty -> all of E); AGR = mean AG_t over the AG scope (empty, or no

@@ -1,4 +1,4 @@
-"""Read and write the reference implementation's acc.csv schema (metrics.md §4.2).
+"""Read and write the reference implementation's acc.csv schema (docs/metrics/index.md#files).
 
 Main run: `after_training_task, average_accuracy, test_on_task_1..T`, one row per evaluated N, empty cells
 for tasks not yet seen. Joint run: one row, `average_accuracy, test_on_task_1..T`. Errors are UserError.

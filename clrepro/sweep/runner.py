@@ -147,7 +147,7 @@ def _init_ray(address: str | None, num_cpus: int | None):
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # a failed trial's last result: no objective
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # tracebacks go to the trial folders' error.txt
     if not address:
-        # a local cluster: every process must agree on the auth mode (docs/stack.md); its own, not the shell's
+        # a local cluster: every process must agree on the auth mode (docs/cluster.md); its own, not the shell's
         os.environ["RAY_AUTH_MODE"] = "disabled"
         os.environ.pop("RAY_ADDRESS", None)
     else:
