@@ -216,16 +216,22 @@ def style_optuna_axes(ax, kind: str, sweep: str, metric: str, mode: str) -> None
     number k, whose MLflow run is named tk, e.g. t007) or `importances`."""
     from matplotlib.ticker import MaxNLocator
 
+    for loc in ("left", "center", "right"):  # Optuna's own title
+        ax.set_title("", loc=loc)
     if kind == "history":
         ax.set_title(f"{sweep}: {metric} of each trial ({'higher' if mode == 'max' else 'lower'} is better)",
-                     fontsize=11, loc="left")
+                     fontsize=11)
+        legend = ax.get_legend()
+        names = {"Objective Value": f"{metric} of the trial", "Best Value": "best so far"}
+        for text in (legend.get_texts() if legend is not None else []):
+            text.set_text(names.get(text.get_text(), text.get_text()))
         ax.set_xlabel("trial k (its MLflow run is named tk, e.g. t007)")
         ax.set_ylabel(f"{metric}, mean over the tune seeds" + (" (%)" if metric != "DD" else ""))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if metric != "DD":
             ax.yaxis.set_major_formatter(_percent_fine())
     else:
-        ax.set_title(f"{sweep}: hyperparameter importance for {metric}", fontsize=11, loc="left")
+        ax.set_title(f"{sweep}: hyperparameter importance for {metric}", fontsize=11)
         legend = ax.get_legend()
         if legend is not None:
             legend.remove()
