@@ -121,7 +121,7 @@ def test_missing_folder_is_one_line_naming_it(root):
         load_combined("facescrub", str(root))
     msg = str(e.value)
     assert "\n" not in msg and "source 'facescrub' not found" in msg
-    assert f"{root / 'facescrub'}/{{train,test}}/<class>/" in msg and "README: Combined-20" in msg
+    assert f"{root / 'facescrub'}/{{train,test}}/<class>/" in msg and "docs/benchmarks.md, Combined-20" in msg
     (root / "kannadamnist" / "train" / "0").mkdir(parents=True)
     with pytest.raises(DataUnavailableError, match="has no images in train/") as e:
         load_combined("kannadamnist", str(root))

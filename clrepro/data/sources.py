@@ -280,7 +280,7 @@ def _natural_key(name: str) -> tuple:
 
 def _folder_missing(name: str, base: Path, what: str = "not found") -> DataUnavailableError:
     return DataUnavailableError(f"source '{name}' {what}: put images under {base}/{{train,test}}/<class>/ "
-                                f"(*.png or *.jpg; see README: Combined-20)")
+                                f"(*.png or *.jpg; see docs/benchmarks.md, Combined-20)")
 
 
 def _read_folder(name: str, base: Path, split: str, classes: list[str] | None):
