@@ -29,6 +29,20 @@ def test_permutation_task1_uses_generator_default_seed():
     assert torch.equal(fixed.permutation(1), torch.randperm(784, generator=torch.Generator().manual_seed(0)))
 
 
+def test_numpy_permutation_seed_gives_avalanches_permutations():
+    """Avalanche's PermutedMNIST(seed=0): task t is the t-th RandomState(0).permutation(784) (hand values)."""
+    bench = Permuted(PermutedConfig(num_tasks=3, numpy_permutation_seed=0))
+    assert bench.permutation(1)[:6].tolist() == [693, 85, 647, 392, 765, 14]
+    assert bench.permutation(2)[:6].tolist() == [378, 159, 524, 744, 127, 685]
+    assert bench.permutation(2).dtype == torch.int64 and sorted(bench.permutation(3).tolist()) == list(range(784))
+    raw = (bench.data.test_x[:3].flatten(1)[:, bench.permutation(2)] - 0.1307) / 0.3081
+    assert torch.equal(bench.task(2).test.x[:3].flatten(1), raw)
+    default = Permuted(PermutedConfig(num_tasks=3))  # null: the torch permutations, unchanged
+    assert torch.equal(default.permutation(2), torch.randperm(784, generator=torch.Generator().manual_seed(1)))
+    with pytest.raises(ConfigError, match="numpy_permutation_seed"):
+        Permuted(PermutedConfig(num_tasks=2, permutation_seeds=[3, 4], numpy_permutation_seed=0))
+
+
 def test_permutation_is_applied_to_pixels():
     bench = Permuted(PermutedConfig(num_tasks=2))
     d = bench.data

@@ -7,6 +7,7 @@ import json
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from clrepro.config.hparams import hp
@@ -88,6 +89,10 @@ class PermutedConfig:
     task1_default_seed_parity: bool = hp(True, doc="a seed of 0 leaves the generator at torch's default seed, "
                                                    "as the reference does for task 1; false seeds it with 0",
                                          bug="PMNIST task 1")
+    numpy_permutation_seed: int | None = hp(None, low=0, high=2**32 - 1, doc=(
+        "set: task t's permutation is the t-th draw of one np.random.RandomState(seed).permutation(H·W), as "
+        "Avalanche's PermutedMNIST(seed=...) (permutation_seeds and task1_default_seed_parity unused); null: "
+        "torch permutations from permutation_seeds"))
     root: str | None = hp(None, doc="data folder for torchvision sources (default $CLREPRO_DATA or ~/.cache)")
     download: bool = hp(True, doc="let torchvision download a missing source (never for embedded sources)")
 
@@ -107,17 +112,25 @@ class Permuted(Benchmark):
         if seeds is not None and len(set(seeds[:cfg.num_tasks])) < cfg.num_tasks:
             raise ConfigError("benchmark.permutation_seeds", "repeats a seed, so two tasks would be the same "
                               "permutation", "distinct seeds")
+        if seeds is not None and cfg.numpy_permutation_seed is not None:
+            raise ConfigError("benchmark.numpy_permutation_seed", "is set together with permutation_seeds",
+                              "one of the two (null the other)")
 
     def num_classes(self, t: int) -> int:
         return self.data.num_classes
 
     def permutation(self, t: int) -> torch.Tensor:
         """Task t's permutation of the flattened first channel (the reference's Permute transform)."""
+        h, w = self.data.train_x.shape[-2:]
+        if self.cfg.numpy_permutation_seed is not None:  # Avalanche: one RandomState, one draw per task in order
+            rng = np.random.RandomState(self.cfg.numpy_permutation_seed)
+            for _ in range(t):
+                perm = rng.permutation(h * w)
+            return torch.from_numpy(perm).long()
         seed = self.cfg.permutation_seeds[t - 1] if self.cfg.permutation_seeds is not None else t - 1
         g = torch.Generator()
         if seed or not self.cfg.task1_default_seed_parity:
             g.manual_seed(seed)
-        h, w = self.data.train_x.shape[-2:]
         return torch.randperm(h * w, generator=g)
 
     def _permute(self, x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:

@@ -71,8 +71,8 @@ def make_benchmark(b: dict, data: Path):
                           class_ids_from_zero_in_each_exp=bool(b.get("class_ids_from_zero_in_each_exp", True)),
                           dataset_root=str(data))
     if b["name"] == "permuted_mnist":
-        # The permutations come from Avalanche's RandomState(seed); one fixed seed for every run, as clrepro's
-        # fixed permutation seeds.
+        # The permutations come from Avalanche's RandomState(seed); one fixed seed for every run, the same
+        # permutations as clrepro's benchmark.numpy_permutation_seed=seed.
         return PermutedMNIST(T, return_task_id=bool(b["return_task_id"]), seed=int(b["permutation_seed"]),
                              dataset_root=str(data))
     fail(f"benchmark '{b['name']}' not mapped")
