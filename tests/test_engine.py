@@ -140,3 +140,33 @@ def test_independent_tests_its_stored_batchnorm_copies_in_training_mode_as_the_r
     plain = [Engine(tiny("finetuning_pmnist", "algorithm=independent", *o)).run().acc
              for o in ((), ("algorithm.stored_copies_train_mode=false",))]
     assert np.array_equal(plain[0], plain[1], equal_nan=True)  # no BatchNorm: no effect
+
+
+def test_plain_runtime_gives_fabrics_results_without_importing_lightning(tiny, one_thread, monkeypatch):
+    """A full-precision CPU run uses the plain-torch runtime: the same accuracy matrix as through Fabric, bit for
+    bit, and (in a fresh process) `lightning` is never imported."""
+    import subprocess
+    import sys
+
+    from clrepro.engine import loop, runtime
+
+    plain = run(tiny("hat_pmnist")).acc
+    monkeypatch.setattr(loop, "make_runtime", lambda t, cbs=(): runtime._fabric(t, cbs))
+    fabric = run(tiny("hat_pmnist")).acc
+    assert np.array_equal(plain, fabric, equal_nan=True)
+    code = ("import sys; from clrepro.config.load import load_experiment; from clrepro.engine.loop import run; "
+            "run(load_experiment('hat_pmnist', ['benchmark=pdigits', 'benchmark.num_tasks=1', 'backbone.hidden=[8,8]',"
+            " 'trainer.epochs=1', 'metrics=[AA]'])); print(any(m.split('.')[0] == 'lightning' for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]
+
+
+def test_runtime_refuses_cuda_without_a_gpu_in_one_line(tiny):
+    import torch
+
+    from clrepro.errors import UserError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(UserError, match="CUDA is not available"):
+        Engine(tiny("hat_pmnist", "trainer.accelerator=cuda"))

@@ -1,4 +1,4 @@
-"""`run(config, seed)`: the task loop of algorithms.md §0 on Lightning Fabric, giving the accuracy matrix."""
+"""`run(config, seed)`: the task loop (a fresh optimizer per task, test after each task), giving the accuracy matrix."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from clrepro.algorithms.base import Batch, CLAlgorithm, Step
 from clrepro.backbones.heads import Heads
 from clrepro.config.load import components
 from clrepro.config.schema import ExperimentConfig
+from clrepro.data.augment import for_benchmark
 from clrepro.data.task import Split, Task
 from clrepro.engine.result import RunResult
+from clrepro.engine.runtime import make_runtime, seed_everything
 from clrepro.engine.unlearning import UnlearningPlan
-from clrepro.errors import UserError
 
 
 class TrainingDiverged(RuntimeError):
@@ -24,29 +25,6 @@ class TrainingDiverged(RuntimeError):
 
 
 EVAL_CHUNK = 4096  # samples per inference forward; accuracy batches are formed afterwards
-
-
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed Python, NumPy and torch (Lightning's seed_everything) and ask for deterministic kernels."""
-    from lightning.fabric.utilities.seed import seed_everything as _seed
-
-    _seed(seed, workers=True, verbose=False)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def make_fabric(cfg: ExperimentConfig, listeners: Iterable = ()):
-    """A single-device Fabric for this run; listeners become Fabric callbacks."""
-    from lightning.fabric import Fabric
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    t = cfg.trainer
-    try:
-        return Fabric(accelerator=t.accelerator, devices=t.devices, precision=t.precision, callbacks=list(listeners))
-    except (ValueError, RuntimeError, TypeError, MisconfigurationException) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"trainer.accelerator/devices/precision ({t.accelerator}, {t.devices}, {t.precision}): "
-                        f"{first}") from None
 
 
 def build_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
@@ -69,11 +47,13 @@ class Engine:
         self.seed = cfg.seed if seed is None else seed
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
-        self.fabric = make_fabric(cfg, listeners)
+        self.fabric = make_runtime(cfg.trainer, listeners)  # plain torch, or Fabric for mixed precision
         self.device = self.fabric.device
         seed_everything(self.seed, cfg.trainer.deterministic)
         comp = components(cfg)
         self.benchmark = comp.benchmark_cls(comp.benchmark_cfg)
+        self.benchmark.check_data()  # a missing or corrupt data file: one line, before training
+        self.augment = for_benchmark(self.benchmark, self.seed)  # train-time augmentation; None when off
         self.num_tasks = self.benchmark.num_tasks
         backbone = comp.backbone_cls(self.benchmark.input_shape(), comp.backbone_cfg)
         heads = Heads(cfg.scenario, backbone.output_dim)
@@ -81,6 +61,8 @@ class Engine:
         self.algorithm.to(self.device)
         self.algorithm.optimizer_cfg = cfg.optimizer  # what an algorithm's own inner loop (repair) should use
         self.algorithm.eval_batch_size = cfg.trainer.eval_batch_size or cfg.trainer.batch_size  # the test batches
+        if self.augment is not None:  # replay buffers augment what they hand out
+            self.algorithm.set_augmentation(self.augment)
         self.train_tasks = list(range(1, self.num_tasks + 1) if train_tasks is None else train_tasks)
         self.plan = UnlearningPlan.from_config(cfg.unlearning, self.num_tasks) if unlearning else None
         if self.plan is not None and not self.plan.active:
@@ -96,6 +78,8 @@ class Engine:
     # ----- helpers -----------------------------------------------------------------------------------
     def _task(self, t: int) -> Task:
         task = self.benchmark.task(t).to(self.device)
+        if self.augment is not None:
+            self.augment.add_task(task)
         self.tests[t] = task.test
         return task
 
@@ -171,7 +155,7 @@ class Engine:
         optimizer = fabric.setup_optimizers(build_optimizer(self.cfg, algo.trainable_parameters()))
         live = self.cfg.scheduler.name != "none" and (algo.lr_scheduler_live or self.cfg.scheduler.apply == "all")
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer.optimizer, factor=self.cfg.scheduler.factor, patience=self.cfg.scheduler.patience) if live else None
+            getattr(optimizer, "optimizer", optimizer), factor=self.cfg.scheduler.factor, patience=self.cfg.scheduler.patience) if live else None
         n, bs = len(y), tcfg.batch_size
         num_batches = self._num_batches(n)
         steps = 0
@@ -187,8 +171,10 @@ class Engine:
                 tid = task_id if isinstance(task_id, int) else task_id[idx]
                 step = Step(step_task, epoch, b, num_batches, self.global_step)
                 optimizer.zero_grad(set_to_none=True)
+                xb = x[idx]
+                batch = Batch(xb, y[idx], tid) if self.augment is None else Batch(self.augment(xb, tid), y[idx], tid, xb)
                 with fabric.autocast():
-                    loss = algo.training_loss(Batch(x[idx], y[idx], tid), step)
+                    loss = algo.training_loss(batch, step)
                 fabric.backward(loss)
                 algo.after_backward(step)
                 optimizer.step()
