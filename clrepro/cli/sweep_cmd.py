@@ -20,16 +20,21 @@ def print_summary(outcome) -> None:
     trials = sorted(outcome.trials, key=lambda t: (t.status != "DONE",
                                                    -(t.objective or 0) if spec.objective.mode == "max" else (t.objective or 0)))
     keys = list(spec.search_space)
+    number = {id(t): i for i, t in enumerate(outcome.trials)}  # Optuna's trial number, as in the history plot
+
+    def name(t) -> str:  # t007: the MLflow trial run's name starts with it
+        return f"t{number[id(t)]:03d}" if id(t) in number else t.trial_id
+
     table = Table(title=f"sweep {spec.name}: {len(trials)} trials, {metric} over seeds {spec.seeds.tune} (%)")
     for col in ("trial", "status", *keys, f"{metric} mean ± std"):
         table.add_column(col, justify="right" if col not in ("trial", "status") else "left")
     for t in trials[:15]:
         value = f"{_fmt(t.objective)} ± {_fmt(t.std)}" if t.status == "DONE" else (t.error or _fmt(t.objective))
-        table.add_row(t.trial_id, t.status, *[_param(t.params.get(k)) for k in keys], value[:80])
+        table.add_row(name(t), t.status, *[_param(t.params.get(k)) for k in keys], value[:80])
     console.print(table)
     failed = [t for t in outcome.trials if t.status == "FAILED"]
     for t in failed:
-        console.print(f"[red]failed trial {t.trial_id}[/red]: {t.error}")
+        console.print(f"[red]failed trial {name(t)} ({t.trial_id})[/red]: {t.error}")
     for f in outcome.final:
         trial = f["trial"]
         params = ", ".join(f"{k}={_param(v)}" for k, v in trial.params.items())
@@ -37,7 +42,7 @@ def print_summary(outcome) -> None:
             console.print(f"[red]final re-run of {trial.trial_id} failed[/red]: {f['error']}")
             continue
         agg = f["aggregate"]
-        ft = Table(title=f"best #{f['rank']} ({trial.trial_id}): {params} — report seeds {f['seeds']} (%)")
+        ft = Table(title=f"best #{f['rank']} ({name(trial)}): {params} — report seeds {f['seeds']} (%)")
         shown = [m for m in METRICS if m in spec.metrics]
         for m in shown:
             ft.add_column(m, justify="right")
