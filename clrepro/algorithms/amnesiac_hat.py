@@ -235,7 +235,7 @@ class AmnesiacHAT(AdaHAT):
             if replay is not None:
                 loss = loss + self.replay_loss(replay)
         if self.cfg.if_replay or (self.records is not None and self.cfg.if_replay_repairing):
-            self._pending = (batch.x, batch.y, logits.detach(), batch.task_id)
+            self._pending = (batch.unaugmented, batch.y, logits.detach(), batch.task_id)
         return loss
 
     def replay_loss(self, replay: Replay) -> torch.Tensor:

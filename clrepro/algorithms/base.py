@@ -27,11 +27,21 @@ class Step:
 
 @dataclass
 class Batch:
-    """A training batch: inputs, scenario targets, and its task id (an int, or per-sample ids for joint)."""
+    """A training batch: inputs, scenario targets, and its task id (an int, or per-sample ids for joint).
+
+    With train-time augmentation (`benchmark.augmentation`), `x` is the augmented batch the model trains on and
+    `raw_x` the inputs as the task holds them, which is what a replay buffer stores (`unaugmented`).
+    """
 
     x: torch.Tensor
     y: torch.Tensor
     task_id: int | torch.Tensor
+    raw_x: torch.Tensor | None = None
+
+    @property
+    def unaugmented(self) -> torch.Tensor:
+        """The inputs before augmentation (`x` itself when there is none)."""
+        return self.x if self.raw_x is None else self.raw_x
 
 
 @dataclass
@@ -57,6 +67,7 @@ class CLAlgorithm(nn.Module):
     multitask: ClassVar[bool] = False
     summary: ClassVar[str] = ""
     eval_batch_size: int = 128  # the test batch size (set by the engine); test-time behaviour that depends on batches
+    augmentation = None  # the run's train-time augmentation (set by the engine through set_augmentation), or None
 
     @classmethod
     def check_config(cls, cfg, backbone_cls: type) -> None:
@@ -69,6 +80,20 @@ class CLAlgorithm(nn.Module):
         self.seen_tasks: list[int] = []
         self.unlearnable_ids, self.unlearned_ids = [], []
         self.update_records = None  # UpdateRecords in an unlearning run of an update-deletion algorithm
+
+    def set_augmentation(self, augment) -> None:
+        """The run's train-time augmentation `augment(x, task_id)`, set by the engine when the benchmark has one.
+
+        The engine augments every training batch itself; here the replay buffer (`buffer`) of this algorithm and
+        of any algorithm inside it (Flashback's host) gets it too, so buffers keep inputs unaugmented and augment
+        them each time they hand them out for training, as DER does.
+        """
+        for module in self.modules():
+            if isinstance(module, CLAlgorithm):
+                module.augmentation = augment
+                buffer = getattr(module, "buffer", None)
+                if buffer is not None and hasattr(buffer, "transform"):
+                    buffer.transform = augment
 
     # ----- task boundaries -------------------------------------------------------------------------
     def setup_task(self, task: Task, num_batches: int) -> None:

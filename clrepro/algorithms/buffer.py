@@ -25,6 +25,9 @@ class ReservoirBuffer:
     and overwrites slot j if j < K, so each example seen so far is kept with probability K/n.
     A batch is inserted in one vectorised step with the same semantics as inserting its examples one by one
     (when two examples of a batch draw the same slot, the later one wins).
+
+    `transform` (the run's train-time augmentation, or None) is applied to the inputs of every batch `sample`
+    hands out: stored inputs stay unaugmented and are augmented at replay time, as DER does.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -35,6 +38,7 @@ class ReservoirBuffer:
         self.y: torch.Tensor | None = None
         self.logits: torch.Tensor | None = None
         self.task_id: torch.Tensor | None = None
+        self.transform = None
 
     def __len__(self) -> int:
         return self.size
@@ -100,7 +104,13 @@ class ReservoirBuffer:
         if len(idx) == 0:
             return None
         pick = idx[torch.randint(len(idx), (min(size, len(idx)),)).to(idx.device)]
-        return Replay(self.x[pick], self.y[pick], self.logits[pick], self.task_id[pick], pick)
+        return self.replay(pick)
+
+    def replay(self, pick: torch.Tensor) -> Replay:
+        """The entries in slots `pick`, their inputs through `transform` when there is one."""
+        x, tid = self.x[pick], self.task_id[pick]
+        return Replay(x if self.transform is None else self.transform(x, tid), self.y[pick], self.logits[pick], tid,
+                      pick)
 
     @torch.no_grad()
     def delete_task(self, task_id: int) -> None:

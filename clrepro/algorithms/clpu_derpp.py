@@ -178,8 +178,7 @@ class CLPUDERpp(DERpp):
         if len(idx) == 0:
             return None
         pick = idx[torch.randint(len(idx), (min(size, len(idx)),)).to(idx.device)]
-        b = self.buffer
-        return Replay(b.x[pick], b.y[pick], b.logits[pick], b.task_id[pick], pick)
+        return self.buffer.replay(pick)  # augmented when the run augments
 
     def _merge_optimizer(self) -> torch.optim.Optimizer:
         """A fresh optimizer of the run's kind (Adam, lr 1e-3 when `optimizer_cfg` is absent) on the main model."""

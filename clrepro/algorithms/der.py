@@ -48,6 +48,7 @@ class ClassBalancedTaskEndBuffer:
     def __init__(self, capacity: int) -> None:
         self.capacity = int(capacity)
         self.x = self.y = self.logits = self.task_id = self.key = None
+        self.transform = None  # the run's train-time augmentation, applied to what `sample` hands out
         self._perm: torch.Tensor | None = None
         self._pos = 0
 
@@ -86,7 +87,13 @@ class ClassBalancedTaskEndBuffer:
             self._perm, self._pos = torch.randperm(n).to(self.y.device), 0
         pick = self._perm[self._pos:self._pos + size]
         self._pos += size
-        return Replay(self.x[pick], self.y[pick], self.logits[pick], self.task_id[pick], pick)
+        return self.replay(pick)
+
+    def replay(self, pick: torch.Tensor) -> Replay:
+        """The entries at `pick`, their inputs through `transform` when there is one."""
+        x, tid = self.x[pick], self.task_id[pick]
+        return Replay(x if self.transform is None else self.transform(x, tid), self.y[pick], self.logits[pick], tid,
+                      pick)
 
     @torch.no_grad()
     def delete_task(self, task_id: int) -> None:
@@ -189,7 +196,7 @@ class DER(CLAlgorithm):
     def remember(self, batch: Batch, logits: torch.Tensor) -> None:
         """Queue the current batch and its logits (detached) for the buffer, added after the optimizer step."""
         if not self.task_end:  # class_balanced_task_end stores at the task's end instead
-            self._pending = (batch.x, batch.y, logits.detach(), batch.task_id)
+            self._pending = (batch.unaugmented, batch.y, logits.detach(), batch.task_id)  # inputs unaugmented
 
     def replay_batch(self, size: int) -> Replay | None:
         """Up to `size` entries drawn with replacement from the earlier tasks' entries; None if there are none.

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from clrepro.config.hparams import hp
+from clrepro.data.augment import AugmentationConfig, check_fits
 from clrepro.data.sources import (COMBINED20, COMBINED_SOURCES, SOURCES, SourceData, load_combined, normalize,
                                   validation_split)
 from clrepro.data.task import Split, Task
@@ -36,7 +37,13 @@ class Benchmark:
     def __init__(self, cfg) -> None:
         type(self).check_config(cfg)
         self.cfg = cfg
-        self._key = (type(self).__name__, json.dumps(dataclasses.asdict(cfg), sort_keys=True))
+        key = dataclasses.asdict(cfg)
+        key.pop("augmentation", None)  # train-time only: the tasks are the same
+        if "root" in key:  # the data folder it resolves to ($CLREPRO_DATA may change within a process)
+            from clrepro.data.sources import _data_root
+
+            key["root"] = _data_root(cfg.root)
+        self._key = (type(self).__name__, json.dumps(key, sort_keys=True))
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -60,6 +67,11 @@ class Benchmark:
     @property
     def data(self) -> SourceData:
         return SOURCES[self.cfg.source](self.cfg.root, self.cfg.download)
+
+    def check_data(self) -> None:
+        """Before training: the data is there (one line naming the missing or corrupt file if not). Permuted and
+        Split load their source now; Combined looks for every task's files and loads each when its task starts."""
+        self.data
 
     @property
     def num_tasks(self) -> int:
@@ -95,6 +107,8 @@ class PermutedConfig:
         "torch permutations from permutation_seeds"))
     root: str | None = hp(None, doc="data folder for torchvision sources (default $CLREPRO_DATA or ~/.cache)")
     download: bool = hp(True, doc="let torchvision download a missing source (never for embedded sources)")
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig, metadata={
+        "doc": "train-time RandomCrop (zero padding) and RandomHorizontalFlip of each batch; off by default"})
 
 
 @BENCHMARKS.register("permuted")
@@ -112,6 +126,9 @@ class Permuted(Benchmark):
         if seeds is not None and len(set(seeds[:cfg.num_tasks])) < cfg.num_tasks:
             raise ConfigError("benchmark.permutation_seeds", "repeats a seed, so two tasks would be the same "
                               "permutation", "distinct seeds")
+        from clrepro.data.sources import SOURCE_SHAPES
+
+        check_fits(cfg.augmentation, SOURCE_SHAPES.get(cfg.source))
         if seeds is not None and cfg.numpy_permutation_seed is not None:
             raise ConfigError("benchmark.numpy_permutation_seed", "is set together with permutation_seeds",
                               "one of the two (null the other)")
@@ -145,7 +162,7 @@ class Permuted(Benchmark):
         pool = normalize(self._permute(d.train_x, perm), d.mean, d.std)
         test = normalize(self._permute(d.test_x, perm), d.mean, d.std)
         train, val, test = self._splits(pool, d.train_y, test, d.test_y)
-        return Task(t, d.num_classes, train, val, test, tuple(range(d.num_classes)))
+        return Task(t, d.num_classes, train, val, test, tuple(range(d.num_classes)), d.mean, d.std)
 
 
 @dataclass
@@ -157,6 +174,8 @@ class SplitConfig:
     val_fraction: float = hp(0.1, low=0.0, high=0.5, doc="validation share of each task's train pool (seed 42)")
     root: str | None = hp(None, doc="data folder for torchvision sources (default $CLREPRO_DATA or ~/.cache)")
     download: bool = hp(True, doc="let torchvision download a missing source (never for embedded sources)")
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig, metadata={
+        "doc": "train-time RandomCrop (zero padding) and RandomHorizontalFlip of each batch; off by default"})
 
 
 @BENCHMARKS.register("split")
@@ -167,8 +186,9 @@ class SplitClasses(Benchmark):
 
     @classmethod
     def check_config(cls, cfg: SplitConfig) -> None:
-        from clrepro.data.sources import SOURCE_CLASSES
+        from clrepro.data.sources import SOURCE_CLASSES, SOURCE_SHAPES
 
+        check_fits(cfg.augmentation, SOURCE_SHAPES.get(cfg.source))
         classes = SOURCE_CLASSES.get(cfg.source)
         if cfg.class_order is not None:
             if classes is not None and max(cfg.class_order, default=0) >= classes:
@@ -206,7 +226,7 @@ class SplitClasses(Benchmark):
         pool = normalize(d.train_x[tr_keep], d.mean, d.std)
         test = normalize(d.test_x[te_keep], d.mean, d.std)
         train, val, test = self._splits(pool, lookup[d.train_y[tr_keep]], test, lookup[d.test_y[te_keep]])
-        return Task(t, len(cls), train, val, test, tuple(cls))
+        return Task(t, len(cls), train, val, test, tuple(cls), d.mean, d.std)
 
 
 @dataclass
@@ -224,6 +244,8 @@ class CombinedConfig:
     root: str | None = hp(None, doc="data folder (default $CLREPRO_DATA or ~/.cache/clrepro/data); folder sources "
                                     "live in <root>/<source>/{train,test}/<class>/")
     download: bool = hp(True, doc="let torchvision download a missing source (never for folder sources)")
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig, metadata={
+        "doc": "train-time RandomCrop (zero padding) and RandomHorizontalFlip of each batch; off by default"})
 
 
 @BENCHMARKS.register("combined")
@@ -242,10 +264,18 @@ class Combined(Benchmark):
                               "of benchmark.sources", f"1..{len(cfg.sources)}")
         if cfg.channels not in (1, 3):
             raise ConfigError("benchmark.channels", f"{cfg.channels!r} is not allowed", (1, 3))
+        check_fits(cfg.augmentation, (cfg.channels, cfg.size, cfg.size))
 
     @property
     def data(self) -> SourceData:
         raise AttributeError("the combined benchmark has one source per task: use source_data(t)")
+
+    def check_data(self) -> None:
+        """Every task's files are there or can be downloaded, before training (each is read when its task starts)."""
+        from clrepro.data.sources import check_combined
+
+        for name in dict.fromkeys(self.cfg.sources[:self.num_tasks]):
+            check_combined(name, self.cfg.root, self.cfg.download)
 
     def source_data(self, t: int) -> SourceData:
         """Task t's source, loaded (and cached per process) on first use."""
@@ -272,7 +302,7 @@ class Combined(Benchmark):
             tr, va = validation_split(len(d.train_y), self.cfg.val_fraction)
             train, val = split(d.train_x[tr], d.train_y[tr]), split(d.train_x[va], d.train_y[va])
         test = split(d.test_x, d.test_y)
-        return Task(t, d.num_classes, train, val, test, tuple(range(d.num_classes)))
+        return Task(t, d.num_classes, train, val, test, tuple(range(d.num_classes)), d.mean, d.std)
 
 
 def build_benchmark(node: dict, source_file: str | None = None) -> Benchmark:

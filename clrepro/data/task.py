@@ -31,6 +31,8 @@ class Task:
     val: Split
     test: Split
     classes: tuple[int, ...] = ()
+    mean: tuple[float, ...] = ()  # the per-channel constants the inputs were normalised with (augmentation pads
+    std: tuple[float, ...] = ()   # with the normalised zero pixel)
 
     def to(self, device: torch.device | str) -> "Task":
         return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
