@@ -26,8 +26,9 @@ def raw_loop(engine: Engine) -> tuple[float, int]:
     steps, seconds = 0, 0.0
     for t in range(1, engine.num_tasks + 1):
         task = engine.benchmark.task(t)
-        x, y = task.train.x, task.train.y
+        x, y = task.train.x.to(engine.device), task.train.y.to(engine.device)
         heads.add_task(t, task.num_classes)
+        algo.to(engine.device)
         masks.reset_embeddings("N01")
         used = masks.cumulative()
         free = {l: 1 - m for l, m in used.items()}
@@ -39,7 +40,7 @@ def raw_loop(engine: Engine) -> tuple[float, int]:
         nb = len(y) // bs
         t0 = time.perf_counter()
         for _ in range(epochs):
-            order = torch.randperm(len(y))
+            order = torch.randperm(len(y)).to(engine.device)
             for b in range(nb):
                 idx = order[b * bs:(b + 1) * bs]
                 s = anneal_scale(b, nb, cfg.s_max, True)
@@ -56,6 +57,8 @@ def raw_loop(engine: Engine) -> tuple[float, int]:
                         e.grad.mul_((cfg.s_max / s) * (torch.cosh(torch.clamp(s * e, -50, 50)) + 1) / (torch.cosh(e) + 1))
                 opt.step()
                 steps += 1
+        if engine.device.type == "cuda":
+            torch.cuda.synchronize()
         seconds += time.perf_counter() - t0
         masks.store(t)
     return seconds, steps
