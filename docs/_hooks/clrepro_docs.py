@@ -8,6 +8,7 @@ becomes the content of PATH (relative to the repository root), or a note that it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -21,6 +22,8 @@ def _cell(value) -> str:
 
 
 def _default(value) -> str:
+    if dataclasses.is_dataclass(value):  # a nested config (e.g. benchmark.augmentation): its fields' defaults
+        value = dataclasses.asdict(value)
     if isinstance(value, str):
         return f"`{value}`" if value else '`""`'
     return f"`{json.dumps(value, ensure_ascii=False)}`"
