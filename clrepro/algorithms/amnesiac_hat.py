@@ -64,6 +64,15 @@ class AmnesiacHAT(AdaHAT):
     Σ_{u∈U} Δθ^u, purge the buffer, copy backup weights where M^τ ∩ M^u, then repair by replaying the affected
     tasks with gradients confined to ∪ M^u.
 
+    Backbones: hat_mlp and hat_resnet18. Every weighted tensor is handled unit-wise, a conv weight as its
+    (out, in) channel matrix broadcast over the kernel; records cover the whole backbone state. ResNet-18's 1x1
+    shortcut convs (B9): the backup forward routes a shortcut's output channels with its block's conv2 mask M^u
+    in both modes. With `protect_shortcuts` false (reference) the shortcut is no masked parameter: it drifts
+    unprotected, its record is plain (not split by owner), compensation never copies it and repair does not gate
+    it, while deletion subtracts its Δθ^u like any other state. With `protect_shortcuts` true it is a masked
+    parameter under conv2's units × the block input's units, and protection, owned records, compensation's
+    P-region and repair's gate all cover it there.
+
     B14: the engine keeps its optimizer to itself, so in an unlearning run the algorithm mirrors that
     optimizer's state from the gradients it sees (`_track_optimizer`, exact for Adam and SGD with
     momentum) and the reference repair continues from it; `optimizer_cfg` (set by the engine) names the
@@ -75,13 +84,19 @@ class AmnesiacHAT(AdaHAT):
     supports_unlearning = True
     summary = "AdaHAT + replay with backups and update records: unlearns tasks on request"
 
+    @staticmethod
+    def has_backups(backbone_cls: type) -> bool:
+        """A HAT-masked backbone with a plain backup copy and a forward through it (hat_mlp, hat_resnet18)."""
+        return bool(getattr(backbone_cls, "masked", False)) and all(
+            callable(getattr(backbone_cls, f, None)) for f in ("plain_copy", "forward_with_backup"))
+
     @classmethod
     def check_config(cls, cfg: AmnesiacHATConfig, backbone_cls: type) -> None:
-        if not callable(getattr(backbone_cls, "forward_with_backup", None)):
-            allowed = [n for n in BACKBONES.names() if callable(getattr(BACKBONES.get(n), "forward_with_backup", None))]
+        if not cls.has_backups(backbone_cls):
+            allowed = [n for n in BACKBONES.names() if cls.has_backups(BACKBONES.get(n))]
             name = getattr(backbone_cls, "registry_name", backbone_cls.__name__)
-            raise ConfigError("backbone.name", f"AmnesiacHAT supports the HAT MLP here; '{name}' has no backup "
-                                               "forward", allowed)
+            raise ConfigError("backbone.name", f"AmnesiacHAT needs a HAT-masked backbone with backups; '{name}' "
+                                               "has none", allowed)
         if cfg.adjustment_mode not in ARCHITECTURES[cfg.architecture]:
             raise ConfigError("algorithm.adjustment_mode", f"'{cfg.adjustment_mode}' is not a rule of "
                               f"architecture {cfg.architecture}", ARCHITECTURES[cfg.architecture])

@@ -95,12 +95,30 @@ class UpdateRecords:
         for k, v in self._state().items():
             before = self._start.get(k)
             delta = v.detach() - before if before is not None and before.shape == v.shape else v.detach().clone()
-            density = float((delta != 0).float().mean()) if delta.numel() else 0.0
-            rec[k] = delta.to_sparse() if density < SPARSE_BELOW else delta
-            if owned is not None and k in owned:
-                rec[k] = min((rec[k], delta, OwnedUpdate.split(delta, *owned[k])), key=_numel)
+            rec[k] = self._smallest(delta, owned.get(k) if owned is not None else None)
         self.records[task_id] = rec
         self._start = None
+
+    @staticmethod
+    def _smallest(delta: torch.Tensor, owned: tuple[torch.Tensor, torch.Tensor | None] | None):
+        """Sparse below `SPARSE_BELOW` density, else dense; with an owned region, the smallest of that, dense and
+        the `OwnedUpdate` (first on ties). Sizes are counted before building, so only the kept form is made
+        (a ResNet-18 record has 11M entries per task)."""
+        n, nnz = delta.numel(), int(torch.count_nonzero(delta))
+        per = 1 + delta.dim()  # a COO entry: its value and one index per dimension
+        sparse = (nnz / n if n else 0.0) < SPARSE_BELOW
+        options = [("sparse", nnz * per) if sparse else ("dense", n)]
+        if owned is not None:
+            rows, cols = owned
+            block = delta.index_select(0, rows)
+            if cols is not None:
+                block = block.index_select(1, cols)
+            owned_numel = block.numel() + rows.numel() + (cols.numel() if cols is not None else 0)
+            options += [("dense", n), ("owned", owned_numel + (nnz - int(torch.count_nonzero(block))) * per)]
+        kind = min(options, key=lambda o: o[1])[0]
+        if kind == "owned":
+            return OwnedUpdate.split(delta, *owned)
+        return delta.to_sparse() if kind == "sparse" else delta
 
     def delta(self, task_id: int) -> dict[str, torch.Tensor]:
         """Δθ^t as dense tensors."""

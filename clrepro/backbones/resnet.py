@@ -13,7 +13,7 @@ from clrepro.backbones.masks import HATMasks
 from clrepro.config.hparams import hp
 from clrepro.registry import BACKBONES
 
-STAGE_CHANNELS = (64, 128, 256, 512)
+STAGE_CHANNELS = (64, 128, 256, 512)  # the stem has STAGE_CHANNELS[0]; read at construction (tests narrow it)
 STAGE_STRIDES = (1, 2, 2, 2)  # stage conv2x keeps the size (the maxpool already halved it); the others halve
 BLOCKS_PER_STAGE = 2
 
@@ -31,7 +31,22 @@ class ResNetConfig:
 
 
 def _gate(h: torch.Tensor, mask: Masks, layer: str) -> torch.Tensor:
-    return h if mask is None else h * mask[layer].view(1, -1, 1, 1)
+    """h ⊙ m_l per channel; m_l is (C,) for the whole batch or (N, C), one mask per sample (replay)."""
+    if mask is None:
+        return h
+    m = mask[layer]
+    return h * (m.view(1, -1, 1, 1) if m.dim() == 1 else m.view(m.shape[0], -1, 1, 1))
+
+
+def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, x: torch.Tensor) -> torch.Tensor:
+    h = conv(x)
+    return h if bn is None else bn(h)
+
+
+def _mix(keep: torch.Tensor, own: torch.Tensor, main: torch.Tensor) -> torch.Tensor:
+    """M^u ⊙ own + (1 − M^u) ⊙ main per output channel: the backup's channels where u's stored mask is 1."""
+    k = keep.view(1, -1, 1, 1)
+    return k * own + (1 - k) * main
 
 
 class _BasicBlock(nn.Module):
@@ -64,19 +79,36 @@ class _BasicBlock(nn.Module):
             record(self.name2, h)
         return h
 
+    def forward_with_backup(self, x: torch.Tensor, backup: "_BasicBlock", stored: dict[str, torch.Tensor],
+                            mask: Masks = None) -> torch.Tensor:
+        """This block with u's channels from `backup` (the same block of the plain backup ResNet).
+
+        conv1 → [BN] and conv2 → [BN] each mix M^u ⊙ backup + (1 − M^u) ⊙ main over their output channels.
+        The 1x1 shortcut's output channels are conv2's units, so it mixes with conv2's M^u on the block input
+        (an identity shortcut is the same in both nets). Then + shortcut, ⊙ m2, ReLU as `forward`. The routing
+        is the same whether or not the shortcut is protected (`protect_shortcuts`): it is the architecture.
+        """
+        k1, k2 = stored[self.name1], stored[self.name2]
+        h = _mix(k1, _conv_bn(backup.conv1, backup.bn1, x), _conv_bn(self.conv1, self.bn1, x))
+        h = self.relu1(_gate(h, mask, self.name1))
+        h = _mix(k2, _conv_bn(backup.conv2, backup.bn2, h), _conv_bn(self.conv2, self.bn2, h))
+        identity = x if self.shortcut is None else _mix(k2, backup.shortcut(x), self.shortcut(x))
+        return self.relu2(_gate(h + identity, mask, self.name2))
+
 
 class _ResNet18Layers(nn.Module):
     """The shared body; parameter paths mirror the layer names ("conv3x.0.conv2" → `conv3x.0.conv2.weight`)."""
 
     def __init__(self, in_channels: int, cfg: ResNetConfig) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64) if cfg.batch_norm else None
+        stem = STAGE_CHANNELS[0]
+        self.conv1 = nn.Conv2d(in_channels, stem, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem) if cfg.batch_norm else None
         self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer_units: dict[str, int] = {"conv1": 64}
+        self.layer_units: dict[str, int] = {"conv1": stem}
         self.stage_names = [f"conv{s}x" for s in range(2, 2 + len(STAGE_CHANNELS))]
-        prev, in_ch = "conv1", 64
+        prev, in_ch = "conv1", stem
         for stage, ch, stride in zip(self.stage_names, STAGE_CHANNELS, STAGE_STRIDES):
             blocks = nn.ModuleList()
             for b in range(BLOCKS_PER_STAGE):
@@ -104,6 +136,15 @@ class _ResNet18Layers(nn.Module):
         h = self.maxpool(h)
         for _, block in self.blocks():
             h = block(h, mask, record)
+        return self.avgpool(h).flatten(1)
+
+    def forward_with_backup(self, x: torch.Tensor, backup: "_ResNet18Layers", stored: dict[str, torch.Tensor],
+                            mask: Masks = None) -> torch.Tensor:
+        """`forward` with every masked layer's channels of M^u (`stored`) taken from `backup`'s layer."""
+        h = _mix(stored["conv1"], _conv_bn(backup.conv1, backup.bn1, x), _conv_bn(self.conv1, self.bn1, x))
+        h = self.maxpool(self.relu(_gate(h, mask, "conv1")))
+        for (_, block), (_, twin) in zip(self.blocks(), backup.blocks()):
+            h = block.forward_with_backup(h, twin, stored, mask)
         return self.avgpool(h).flatten(1)
 
 
@@ -151,3 +192,27 @@ class HATMaskResNet18(MaskedBackbone):
 
     def forward(self, x: torch.Tensor, mask: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         return self.body(x, mask, self._record)
+
+    def plain_copy(self) -> ResNet18:
+        """A plain, unmasked ResNet-18 holding this one's current weights, shortcuts included (AmnesiacHAT's
+        backup backbone). Built on the meta device first, so making a copy draws nothing from the global RNG."""
+        stem = self.body.conv1
+        with torch.device("meta"):
+            twin = ResNet18((stem.in_channels, 1, 1), self.cfg)
+        twin.to_empty(device=stem.weight.device)
+        twin.body.load_state_dict(self.body.state_dict())
+        return twin.train(self.training)
+
+    def forward_with_backup(self, x: torch.Tensor, backup: ResNet18, backup_mask: dict[str, torch.Tensor],
+                            mask: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Layer-parallel forward through a backup B^u (AmnesiacHAT's learning step).
+
+        At each of the 17 masked convs l the stream becomes y = M^u_l ⊙ (conv → [BN])^{B^u}_l(h) +
+        (1 − M^u_l) ⊙ (conv → [BN])^{main}_l(h), per output channel, then the block's order: conv1 → ⊙ m → ReLU;
+        conv2 → + shortcut → ⊙ m → ReLU. A 1x1 shortcut's output channels are its block's conv2 units, so it is
+        routed with conv2's M^u: backup shortcut on u's conv2 channels, main shortcut on the rest (as the
+        reference routes it). This holds in both `protect_shortcuts` modes; what the mode changes is whether the
+        shortcut is a masked parameter (protected, compensated and repair-gated under conv2's units × the block
+        input's units) or drifts unowned (B9). Either way Δθ^t records it, so deletion takes it back.
+        """
+        return self.body.forward_with_backup(x, backup.body, backup_mask, mask)
