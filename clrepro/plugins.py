@@ -6,22 +6,31 @@ A plug-in is a Python file (or module) defining, at module level, the regulariza
 and optionally `NAME = "..."` (the algorithm name; default the file stem) and a dataclass `Config` of
 hyperparameters (default RegularizationConfig: reg_strength, gamma, epsilon). Loading it registers an algorithm
 built on ParameterRegularization; select it with `algorithm.name=NAME` (new keys need `+algorithm.KEY=...`).
+
+Sweeps carry plug-ins to their Ray workers, local or on other nodes: `ship(spec)` packs a loaded plug-in (a file's
+exact source text, or an entry point's name) into the trial context, and `register_shipped` registers it in each
+worker process before the trial builds its config (an entry point is resolved on the worker, so it must be installed
+there).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import hashlib
 import re
 import sys
 import types
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from clrepro.errors import UserError
 
 ENTRY_POINT_GROUP = "clrepro.plugins"
 REQUIRED = ("estimate_importance", "compute_regularization_loss")
 _LOADED: dict[str, type] = {}  # source (resolved path or entry point) → registered class
+_TEXT: dict[str, bytes] = {}  # resolved path → the source it was loaded from (what a sweep ships to its workers)
+_SHIPPED: dict[str, type] = {}  # digest of a shipped source → the class registered from it in this process
 
 
 def _first_line(e: BaseException) -> str:
@@ -59,6 +68,19 @@ def register_module(module: types.ModuleType, default_name: str, source: str) ->
     return ALGORITHMS.register(name)(cls)
 
 
+def _exec_source(mod_name: str, text: bytes, filename: str, spec: str) -> types.ModuleType:
+    """Run a plug-in's source as module `mod_name` (in sys.modules: dataclasses and pickling look it up by name)."""
+    module = types.ModuleType(mod_name)
+    module.__file__ = filename
+    sys.modules[mod_name] = module
+    try:
+        exec(compile(text, filename, "exec"), module.__dict__)  # noqa: S102 (the user's own plug-in, loaded on request)
+    except Exception as e:  # the user's code: report it as one line
+        del sys.modules[mod_name]
+        raise UserError(f"{spec}: plugin failed to import ({_first_line(e)})") from None
+    return module
+
+
 def load_plugin(spec: str | Path) -> type:
     """Load a regularizer plug-in from a .py file path, or `ep:NAME` for entry point NAME of `clrepro.plugins`.
 
@@ -73,21 +95,70 @@ def load_plugin(spec: str | Path) -> type:
     key = str(path.resolve())
     if key in _LOADED:
         return _LOADED[key]
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{spec}: cannot read the plugin file ({e.strerror or e})") from None
     mod_name = f"clrepro_plugin_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}_{len(_LOADED)}"
-    module_spec = importlib.util.spec_from_file_location(mod_name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[mod_name] = module  # dataclasses and pickling look the module up by name
+    module = _exec_source(mod_name, text, key, spec)
     try:
-        module_spec.loader.exec_module(module)
-    except Exception as e:  # the user's code: report it as one line
-        del sys.modules[mod_name]
-        raise UserError(f"{spec}: plugin failed to import ({_first_line(e)})") from None
-    try:
-        _LOADED[key] = register_module(module, path.stem, spec)
+        cls = register_module(module, path.stem, spec)
     except UserError:
         del sys.modules[mod_name]
         raise
-    return _LOADED[key]
+    cls.plugin_digest = hashlib.sha256(text).hexdigest()
+    _LOADED[key], _TEXT[key] = cls, text
+    return cls
+
+
+@dataclass(frozen=True)
+class ShippedPlugin:
+    """A loaded plug-in as a sweep ships it to its workers: the spec given, the algorithm name it registers, and
+    for a file its source text and digest (None for an entry point, which each worker resolves itself)."""
+
+    spec: str
+    name: str
+    source: bytes | None = None
+    filename: str = ""
+    digest: str = ""
+
+
+def ship(spec: str | Path) -> ShippedPlugin:
+    """Load (if needed) and pack a plug-in for the workers of a sweep: exactly the source that was loaded here."""
+    cls = load_plugin(spec)
+    spec = str(spec)
+    if spec.startswith("ep:"):
+        return ShippedPlugin(spec, cls.registry_name)
+    key = str(Path(spec).expanduser().resolve())
+    return ShippedPlugin(spec, cls.registry_name, _TEXT[key], key, cls.plugin_digest)
+
+
+def register_shipped(plugins: Iterable[ShippedPlugin]) -> list[type]:
+    """In a sweep worker: register each shipped plug-in once per process (the driver's own registrations and those
+    of an earlier trial on a reused actor are kept); one line if a different algorithm already has its name."""
+    from clrepro.registry import ALGORITHMS
+
+    out = []
+    for p in plugins:
+        if p.source is None:
+            out += load_entry_points([p.spec[3:]])
+            continue
+        if p.digest not in _SHIPPED:
+            if p.name in ALGORITHMS.names():
+                existing = ALGORITHMS.get(p.name)
+                if getattr(existing, "plugin_digest", None) != p.digest:
+                    raise UserError(f"{p.spec}: algorithm '{p.name}' is already registered on this worker by "
+                                    "other code (set NAME to another name)")
+                _SHIPPED[p.digest] = existing
+            else:
+                stem = Path(p.filename).stem
+                mod_name = f"clrepro_plugin_{re.sub(r'[^0-9A-Za-z_]', '_', stem)}_{p.digest[:12]}"
+                module = _exec_source(mod_name, p.source, p.filename, p.spec)
+                cls = register_module(module, stem, p.spec)
+                cls.plugin_digest = p.digest
+                _SHIPPED[p.digest] = cls
+        out.append(_SHIPPED[p.digest])
+    return out
 
 
 def load_entry_points(names: list[str] | None = None) -> list[type]:

@@ -65,6 +65,9 @@ def _sweep_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--num-cpus", type=_positive, help="CPUs of the local Ray instance (default: all)")
     sp.add_argument("--variant", action="append", metavar="NAME",
                     help="run only this variant of a file with `variants:` (repeatable; default: all, in order)")
+    sp.add_argument("--plugin", action="append", default=[], metavar="PATH",
+                    help="a regularizer plug-in (.py file, or ep:NAME for an entry point), loaded here and carried "
+                         "to every Ray worker; select it with algorithm.name=NAME in the sweep (repeatable)")
     sp.add_argument("--quiet", action="store_true", help="no live progress")
 
 

@@ -78,7 +78,8 @@ def main(args) -> int:
     ok = True
     for variant in variants:
         outcome = run_sweep(args.file, address=args.address, tracking_uri=args.tracking_uri, resume=resume,
-                            tune_path=args.storage, num_cpus=args.num_cpus, progress=not args.quiet, variant=variant)
+                            tune_path=args.storage, num_cpus=args.num_cpus, progress=not args.quiet, variant=variant,
+                            plugins=args.plugin)
         print_summary(outcome)
         ok = ok and any(t.status == "DONE" for t in outcome.trials)
     return 0 if ok else 1

@@ -488,8 +488,11 @@ def _optuna_plots(store: MlflowStore, parent: str, spec: SweepSpec, trials: list
 
 def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: str | None = None,
               resume: str | bool | None = None, tune_path: str | None = None, num_cpus: int | None = None,
-              progress: bool = True, variant: str | None = None) -> SweepOutcome:
+              progress: bool = True, variant: str | None = None, plugins: list[str] = ()) -> SweepOutcome:
     """Validate, search with Tune + Optuna, re-run the best on the report seeds, log everything to MLflow.
+
+    `plugins` (`--plugin`): regularizer plug-ins loaded here and shipped with the trial context, so every worker,
+    local or on another node, registers them before it builds a trial's config.
 
     Everything the inputs decide is checked before Ray starts (the sweep file, the experiment and every
     search-space value, the tracking URI, the storage path) or right after (the resources a trial asks
@@ -498,6 +501,9 @@ def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: s
     from clrepro.files import check_output_dir
 
     start = time.perf_counter()
+    from clrepro.plugins import ship
+
+    shipped = tuple(ship(p) for p in plugins)  # registered here first: the sweep file may name them
     spec_path = Path(spec_path)
     spec = load_sweep(spec_path, variant)
     uri = checked_tracking_uri(tracking_uri or spec.storage.tracking_uri,
@@ -541,6 +547,11 @@ def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: s
                 from None
         closed = _close_dead_drivers(store, spec.name)  # this sweep's (on --resume) and any other dead one's
         parent = _parent_run(store, spec, sweep_dir, spec_path)
+        for p in shipped:  # what the workers ran, beside the sweep file
+            store.log_text(parent, p.source.decode("utf-8", "replace") if p.source else p.spec,
+                           f"plugins/{Path(p.filename).name if p.source else p.spec[3:] + '.entry_point'}")
+        if shipped:
+            store.set_tags(parent, {TAG + "plugins": ", ".join(f"{p.name}={p.spec}" for p in shipped)})
         if resuming:  # a driver on another host may have run it: what it left RUNNING is not running now
             closed += _close_running(store, spec.name, parent, "KILLED", "an earlier run of the sweep was killed; "
                                      "resumed")
@@ -549,7 +560,7 @@ def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: s
         T = from_resolved(base).benchmark.get("num_tasks")
         ctx = TrialContext(spec.name, base, list(spec.metrics), spec.objective.metric, spec.objective.mode, uri,
                            exp_id, parent, list(spec.seeds.tune), int(T), spec.resources.cpu, spec.resources.gpu,
-                           str(sweep_dir / "refcache"))
+                           str(sweep_dir / "refcache"), plugins=shipped)
         from clrepro.sweep.trial import tune_trainable
 
         trainable = tune.with_resources(tune.with_parameters(tune_trainable, ctx=ctx),

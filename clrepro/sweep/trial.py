@@ -46,13 +46,19 @@ class TrialContext:
     cpu: float = 1.0
     gpu: float = 0.0
     ref_cache: str | None = None
+    plugins: tuple = ()  # ShippedPlugin: the driver's --plugin regularizers, registered in each worker
 
 
 def configure_worker(ctx: TrialContext) -> None:
-    """Threads = the trial's CPU share, so concurrent trials do not oversubscribe cores."""
+    """Threads = the trial's CPU share, so concurrent trials do not oversubscribe cores; the sweep's plug-ins
+    registered in this worker process (once; an actor reused for later trials keeps them)."""
     import torch
 
     torch.set_num_threads(max(1, int(ctx.cpu)))
+    if ctx.plugins:
+        from clrepro.plugins import register_shipped
+
+        register_shipped(ctx.plugins)
 
 
 def trial_config(ctx: TrialContext, params: dict[str, Any]):
