@@ -28,7 +28,7 @@ EVAL_CHUNK = 4096  # samples per inference forward; accuracy batches are formed 
 
 
 def build_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
-    """A fresh optimizer for one task (the reference re-creates Adam at every task, §0)."""
+    """A fresh optimizer for one task (the reference re-creates Adam at every task)."""
     o = cfg.optimizer
     params = [p for p in params if p.requires_grad]
     if o.name == "adam":
@@ -100,7 +100,7 @@ class Engine:
 
     @torch.no_grad()
     def evaluate(self, task_ids: Iterable[int]) -> tuple[list[float], list[float]]:
-        """Test accuracy and loss on each task: batch-mean (reference parity, §1.1) or sample-weighted."""
+        """Test accuracy and loss on each task: batch-mean (reference parity; docs/metrics) or sample-weighted."""
         self.algorithm.eval()
         bs = self.cfg.trainer.eval_batch_size or self.cfg.trainer.batch_size
         accs, losses = [], []
@@ -193,9 +193,9 @@ class Engine:
             self.history.append(logs)
             fabric.call("on_epoch_end", task_id=step_task, epoch=epoch + 1, logs=logs)
 
-    # ----- unlearning and the final state (metrics.md §1.7, §2) ----------------------------------------
+    # ----- unlearning and the final state (docs/unlearning.md) -----------------------------------------------------
     def _unlearn(self, t: int, task_ids: list[int]) -> None:
-        """Step 6–7 of §2: the algorithm forgets `task_ids`, which join the unlearned set U."""
+        """Steps 6–7 of the unlearning protocol (docs/unlearning.md): the algorithm forgets `task_ids`, which join the unlearned set U."""
         t0 = time.perf_counter()
         self.algorithm.unlearn(list(task_ids))
         self.unlearned.extend(task_ids)
@@ -226,7 +226,7 @@ class Engine:
 
     # ----- the task loop ----------------------------------------------------------------------------
     def run(self) -> RunResult:
-        """Fit each task, then test on every task seen so far: row N of the accuracy matrix (§1.1)."""
+        """Fit each task, then test on every task seen so far: row N of the accuracy matrix."""
         try:
             return self._run()
         except BaseException as e:
@@ -272,7 +272,7 @@ class Engine:
                 task = self._task(t)
                 self.trained.append(t)
                 nb = self._num_batches(len(task.train))
-                if self.plan is not None:  # §2: what is still unlearnable at t, and what is gone
+                if self.plan is not None:  # what is still unlearnable at t, and what is gone
                     algo.unlearnable_ids = self.plan.unlearnable(t, self.unlearned)
                     algo.unlearned_ids = list(self.unlearned)
                 algo.setup_task(task, nb)
@@ -290,7 +290,7 @@ class Engine:
                 if self.plan is not None and t in self.plan.requests:
                     self._unlearn(t, self.plan.requests[t])
                 t1 = time.perf_counter()
-                # Row t: every task tested so far (unlearned ones included, §2); the retrain reference
+                # Row t: every task tested so far (unlearned ones included); the retrain reference
                 # tests only the tasks it trained.
                 cols = list(range(1, t + 1)) if len(self.train_tasks) == T else list(self.trained)
                 row, lrow = self.evaluate(cols)
