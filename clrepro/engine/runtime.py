@@ -94,4 +94,20 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)  # every device's generator
     if deterministic:
+        deterministic_kernels()
+
+
+def deterministic_kernels() -> None:
+    """torch.use_deterministic_algorithms(True, warn_only=True) without its import of torch._inductor.config.
+
+    The public call also sets Inductor's `deterministic` flag, which only torch.compile reads, and importing that
+    config pulls in torch._dynamo and sympy (about 4 s and 60 MiB per process). clrepro compiles nothing, so the
+    kernel switch alone is set unless Inductor is already loaded (then the public call, which costs nothing more).
+    """
+    import sys
+
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor.config" in sys.modules:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        setter(True, warn_only=True)

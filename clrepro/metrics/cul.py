@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
-import pandas as pd
 import torch
 
 from clrepro.errors import ConfigError, UserError
 from clrepro.metrics.cl import _row_mean, _square
+from clrepro.metrics.io import write_csv
 
 SCOPES = ("all", "remaining", "unlearned")
 CKA_EPS = 1e-12  # the reference's guard in the CKA denominator (A:clarena/utils/metrics.py linear_cka)
@@ -192,8 +192,7 @@ def write_metric_csv(path, metric: str, per_task: dict[int, float], scope: str, 
     if scope not in SCOPES:
         raise ConfigError("scope", f"unknown value {scope!r}", SCOPES)
     rows = [(str(t), per_task[t]) for t in sorted(per_task)] + [(f"average_{metric}_{scope}", average)]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=["task", metric]).to_csv(path, index=False)
+    write_csv(path, ["task", metric], rows)
 
 
 def write_cul_csv(folder, result: dict) -> None:
@@ -206,6 +205,8 @@ def write_cul_csv(folder, result: dict) -> None:
 
 def read_metric_csv(path) -> tuple[str, dict[int, float], str, float]:
     """(metric, {task: value}, scope, average) from a dd.csv/ag.csv; UserError on any problem."""
+    import pandas as pd  # only readers of dd.csv/ag.csv pay for it
+
     if not Path(path).is_file():
         raise UserError(f"{path}: file not found")
     try:

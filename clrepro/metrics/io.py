@@ -6,11 +6,12 @@ for tasks not yet seen. Joint run: one row, `average_accuracy, test_on_task_1..T
 
 from __future__ import annotations
 
+import csv
+import math
 import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from clrepro.errors import UserError
 from clrepro.files import read_csv
@@ -22,6 +23,22 @@ _TASK_COL = re.compile(r"^test_on_task_(\d+)$")
 
 def _task_col(t: int) -> str:
     return f"test_on_task_{t}"
+
+
+def _text(v) -> str:
+    """A cell as pandas' to_csv writes it: empty for None/NaN, repr for floats, str otherwise."""
+    if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)):
+        return ""
+    return repr(float(v)) if isinstance(v, (float, np.floating)) else str(v)
+
+
+def write_csv(path, header: list[str], rows) -> None:
+    """A plain CSV (header, then rows; NaN -> empty cell), its folder created; no pandas import for a run."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        w.writerows([_text(v) for v in row] for row in rows)
 
 
 def _row_mean(row: np.ndarray) -> float:
@@ -41,20 +58,14 @@ def write_acc_csv(path, acc, task_ids=None, value_name: str = AVG_COL) -> None:
     ids = list(range(1, n_tasks + 1)) if task_ids is None else [int(n) for n in task_ids]
     if any(not 1 <= n <= n_tasks for n in ids):
         raise UserError(f"{path}: task_ids must lie in 1..{n_tasks}, got {ids}")
-    frame = pd.DataFrame(a[[n - 1 for n in ids]], columns=[_task_col(t) for t in range(1, n_tasks + 1)])
-    frame.insert(0, value_name, [_row_mean(a[n - 1]) for n in ids])
-    frame.insert(0, ROW_COL, ids)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False)
+    header = [ROW_COL, value_name, *(_task_col(t) for t in range(1, n_tasks + 1))]
+    write_csv(path, header, ([n, _row_mean(a[n - 1]), *a[n - 1]] for n in ids))
 
 
 def write_joint_csv(path, row) -> None:
     """Write the joint reference's single row: average_accuracy, test_on_task_1..T."""
     r = np.asarray(row, dtype=float).ravel()
-    frame = pd.DataFrame([r], columns=[_task_col(t) for t in range(1, r.size + 1)])
-    frame.insert(0, AVG_COL, [_row_mean(r)])
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False)
+    write_csv(path, [AVG_COL, *(_task_col(t) for t in range(1, r.size + 1))], [[_row_mean(r), *r]])
 
 
 def _read(path) -> tuple[list[str], list[tuple[int, list[str]]], dict[int, int]]:
