@@ -110,9 +110,13 @@ def read_yaml(path: str | Path, what: str = "file", *, mapping: bool = True, emp
     return data
 
 
-def read_csv(path: str | Path, what: str = "CSV file") -> tuple[list[str], list[tuple[int, list[str]]]]:
+def read_csv(path: str | Path, what: str = "CSV file",
+             short_rows: bool = False) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """(header, [(line number, cells)]) of a CSV file; every data row must have the header's width, the
-    header's names must be unique, and there must be at least one data row. Blank lines are skipped."""
+    header's names must be unique, and there must be at least one data row. Blank lines are skipped.
+
+    `short_rows`: a row with fewer fields than the header is padded with empty cells (CLArena writes each
+    row of its acc.csv only up to the last task trained); a row with more fields is still an error."""
     text = read_text(path, what)
     try:
         lines = [(n, row) for n, row in enumerate(csv.reader(io.StringIO(text), skipinitialspace=True), start=1)
@@ -129,6 +133,8 @@ def read_csv(path: str | Path, what: str = "CSV file") -> tuple[list[str], list[
         seen.add(name)
     rows = []
     for n, row in lines[1:]:
+        if short_rows and len(row) < len(header):
+            row = row + [""] * (len(header) - len(row))
         if len(row) != len(header):
             raise UserError(f"{path}: line {n} has {len(row)} fields, the header has {len(header)}")
         rows.append((n, [c.strip() for c in row]))

@@ -53,7 +53,8 @@ FILES = {
     "acc3.csv": ACC3,
     "nan.csv": f"{ACC_HEADER}\n1,0.9,nan,\n2,0.8,0.7,0.9\n",
     "missing.csv": f"{ACC_HEADER}\n1,0.9,0.9,\n2,0.8,,0.9\n",
-    "ragged.csv": f"{ACC_HEADER}\n1,0.9,0.9\n2,0.8,0.7,0.9\n",
+    "ragged.csv": f"{ACC_HEADER}\n1,0.9,0.9,,0.5\n2,0.8,0.7,0.9\n",  # a row longer than the header
+    "short.csv": f"{ACC_HEADER}\n1,0.9,0.9\n2,0.8,0.7\n",  # row 2 stops before a task it must have
     "dupcol.csv": "after_training_task,average_accuracy,test_on_task_1,test_on_task_1\n1,0.9,0.9,0.9\n",
     "header.csv": f"{ACC_HEADER}\n",
     "hugecol.csv": "after_training_task,average_accuracy,test_on_task_1,test_on_task_1000000000\n1,0.9,0.9,\n",
@@ -252,7 +253,8 @@ CASES = [
     ("metrics-nan", ["metrics", "nan.csv"], "nan.csv: value 'nan' in column test_on_task_1, line 2"),
     ("metrics-inf", ["metrics", "inf.csv"], "is not a finite number"),
     ("metrics-missing", ["metrics", "missing.csv"], "line 3 (after_training_task 2) has no value"),
-    ("metrics-ragged", ["metrics", "ragged.csv"], "line 2 has 3 fields, the header has 4"),
+    ("metrics-ragged", ["metrics", "ragged.csv"], "line 2 has 5 fields, the header has 4"),
+    ("metrics-short-row", ["metrics", "short.csv"], "line 3 (after_training_task 2) has no value for test_on_task_2"),
     ("metrics-dupcol", ["metrics", "dupcol.csv"], "column test_on_task_1 appears twice"),
     ("metrics-header", ["metrics", "header.csv"], "has a header but no data rows"),
     ("metrics-hugecol", ["metrics", "hugecol.csv"], "at most 1000 tasks"),

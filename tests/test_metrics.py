@@ -135,6 +135,22 @@ def test_csv_round_trip_with_empty_cells(tmp_path):
     np.testing.assert_array_equal(read_acc_matrix(path), ACC)
 
 
+def test_clarena_rows_that_end_at_the_last_task_seen(tmp_path):
+    """CLArena writes row N only up to test_on_task_N; it reads as the padded form, and a row that stops
+    before a task it was tested on is still refused."""
+    path = tmp_path / "acc.csv"
+    write_acc_csv(path, ACC)
+    short = tmp_path / "clarena_acc.csv"
+    short.write_text("\n".join(line.rstrip(",") for line in path.read_text().splitlines()) + "\n")
+    assert short.read_text().splitlines()[1] == "1,0.9,0.9"
+    np.testing.assert_array_equal(read_acc_matrix(short), read_acc_matrix(path))
+    cut = tmp_path / "cut.csv"
+    lines = short.read_text().splitlines()
+    cut.write_text("\n".join([*lines[:-1], lines[-1].rsplit(",", 1)[0]]))  # row 3 without test_on_task_3
+    with pytest.raises(UserError, match="has no value for test_on_task_3"):
+        read_acc_matrix(cut)
+
+
 def test_csv_subset_rows(tmp_path):
     path = tmp_path / "acc.csv"
     write_acc_csv(path, ACC, task_ids=[1, 3])

@@ -71,7 +71,7 @@ def write_joint_csv(path, row) -> None:
 def _read(path) -> tuple[list[str], list[tuple[int, list[str]]], dict[int, int]]:
     """(header, rows, {t: column index}) of an acc.csv; UserError on any problem. The task columns must be
     exactly test_on_task_1..T (T <= MAX_TASKS), each once."""
-    header, rows = read_csv(path, "accuracy file")
+    header, rows = read_csv(path, "accuracy file", short_rows=True)  # CLArena's rows end at the last task seen
     tasks: dict[int, int] = {}
     for i, c in enumerate(header):
         m = _TASK_COL.match(c)
