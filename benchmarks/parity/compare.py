@@ -40,6 +40,11 @@ def pair_rows(peer: str, pair: dict, runs: Path, margin: float) -> list[dict]:
     base = runs / peer / pair["id"]
     mine, theirs = seed_records(base / "clrepro"), seed_records(base / peer)
     seeds = sorted(set(mine) & set(theirs) & set(pair["seed_list"]))
+    blocked = pair.get("peer", {}).get("unsupported")
+    if blocked:  # the peer cannot run this pair: one row saying why, no numbers
+        return [{"peer": peer, "pair": pair["id"], "metric": pair["metrics"][0], "n_clrepro": 0,
+                 "peer_value": "—", "clrepro_value": "—", "verdict": "blocked by the reference",
+                 "cause": " ".join(str(blocked).split())}]
     rows = []
     for metric in pair["metrics"]:
         a = [theirs[s][metric] for s in seeds if theirs[s].get(metric) is not None]
@@ -52,8 +57,12 @@ def pair_rows(peer: str, pair: dict, runs: Path, margin: float) -> list[dict]:
             row["welch_p"] = round(welch_p(pa, pb), 3)
             if metric in PRIMARY:
                 t = tost(pa, pb, margin)
-                row.update(tost_p=round(t["p"], 4), verdict="equivalent" if t["equivalent"] else "not shown",
-                           power=round(t["power"], 2), n_for_80=t["n_for_80"])
+                verdict = ("equivalent" if t["equivalent"] else "different" if row["welch_p"] < 0.05 else
+                           "undecided")  # undecided: neither shown within ±margin nor shown apart at these seeds
+                row.update(tost_p=round(t["p"], 4), verdict=verdict, power=round(t["power"], 2),
+                           n_for_80=t["n_for_80"])
+                if verdict != "equivalent":
+                    row["cause"] = pair.get("explain", "").strip()
         if metric == pair["metrics"][0]:
             wa = [theirs[s]["wall_s"] for s in seeds if theirs[s].get("wall_s") is not None]
             wb = [mine[s]["wall_s"] for s in seeds if mine[s].get("wall_s") is not None]
@@ -104,6 +113,10 @@ def markdown(rows: list[dict], code_rows: list[dict], margin: float, envs: dict)
         out.append("| " + " | ".join(str(r.get(k, "")) for k in (
             "peer", "pair", "metric", "n_clrepro", "peer_value", "clrepro_value", "diff", "welch_p", "tost_p",
             "verdict", "power", "n_for_80", "peer_wall_s", "clrepro_wall_s", "speedup")) + " |")
+    causes = [r for r in rows if r.get("cause")]
+    if causes:
+        out += ["", "Rows not shown equivalent, and why:", ""]
+        out += [f"- **{r['peer']}/{r['pair']}** ({r['verdict']}): {r['cause']}" for r in causes]
     if code_rows:
         out += ["", "Metric code on the same files (the peer's matrices scored by the peer and by clrepro):", "",
                 "| peer | pair | metric | files | max abs diff |", "|---|---|---|---|---|"]
