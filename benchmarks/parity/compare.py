@@ -67,8 +67,9 @@ def pair_rows(peer: str, pair: dict, runs: Path, margin: float) -> list[dict]:
             wa = [theirs[s]["wall_s"] for s in seeds if theirs[s].get("wall_s") is not None]
             wb = [mine[s]["wall_s"] for s in seeds if mine[s].get("wall_s") is not None]
             if wa and wb:
-                row.update(peer_wall_s=round(float(np.mean(wa)), 2), clrepro_wall_s=round(float(np.mean(wb)), 2),
-                           speedup=round(float(np.mean(wa) / np.mean(wb)), 2))
+                # medians: robust to a run slowed by other work on the machine
+                row.update(peer_wall_s=round(float(np.median(wa)), 2), clrepro_wall_s=round(float(np.median(wb)), 2),
+                           speedup=round(float(np.median(wa) / np.median(wb)), 2))
         rows.append(row)
     return rows
 
@@ -105,7 +106,8 @@ def env_line(folder: Path) -> str:
 def markdown(rows: list[dict], code_rows: list[dict], margin: float, envs: dict) -> str:
     out = [f"Equivalence: TOST (two one-sided Welch tests) at ±{margin:g} AA points, α = 0.05; power at a true "
            "difference of 0 with the observed spreads; n_80 = seeds per side for 80 % power. Values are "
-           "percent, mean ± sample std over seeds; diff = clrepro − peer.", ""]
+           "percent, mean ± sample std over seeds; diff = clrepro − peer. s/run: median wall seconds of one seed's "
+           "main run inside the runner process (imports and reference runs excluded).", ""]
     out.append("| peer | pair | metric | n | peer | clrepro | diff | Welch p | TOST p | verdict | power | n_80 "
                "| peer s/run | clrepro s/run | speed-up |")
     out.append("|" + "---|" * 15)

@@ -127,8 +127,10 @@ def _cul(cfg: ExperimentConfig, engine: Engine, acc: np.ndarray, seed: int, list
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, listeners: Iterable = (),
                    reference_listeners: Iterable | None = None, seed: int | None = None,
-                   reference_cache: ReferenceCache | None = None, title: str | None = None) -> ExperimentResult:
-    """Run main + needed references with one seed, compute AA/BWT/FWT/FR, write the run folder if asked.
+                   reference_cache: ReferenceCache | None = None, title: str | None = None,
+                   plots: bool = True) -> ExperimentResult:
+    """Run main + needed references with one seed, compute AA/BWT/FWT/FR, write the run folder if asked
+    (with its plots unless `plots` is false).
 
     A run that fails once training has started raises RunFailed after writing what it produced to `out_dir`
     (matrix so far, history, config, references done, manifest with status FAILED, error.txt); an interrupted
@@ -188,7 +190,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, lis
     result = ExperimentResult(main, refs, sources, metrics, resolved, chash, None,
                               time.perf_counter() - start, engine_seconds)
     if out_dir is not None:
-        write_run_folder(result, Path(out_dir), seed, title)
+        write_run_folder(result, Path(out_dir), seed, title, plots)
     return result
 
 
@@ -230,13 +232,13 @@ def write_partial_run_folder(out: Path, main: RunResult, refs: dict, sources: di
     return kept
 
 
-def write_run_folder(result: ExperimentResult, out: Path, seed: int, title: str | None = None) -> Path:
-    """acc.csv, loss_cls.csv, ref<kind>/acc.csv, metrics.json, config.yaml, manifest.json and plots (titled
-    `title`, by default the experiment's name and seed)."""
+def write_run_folder(result: ExperimentResult, out: Path, seed: int, title: str | None = None,
+                     plots: bool = True) -> Path:
+    """acc.csv, loss_cls.csv, ref<kind>/acc.csv, metrics.json, config.yaml, manifest.json and, with `plots`, the
+    plots (titled `title`, by default the experiment's name and seed)."""
     import yaml
 
     from clrepro.tracking.manifest import manifest
-    from clrepro.tracking.plots import accuracy_heatmap, mask_capacity, network_capacity, task_curves
 
     out.mkdir(parents=True, exist_ok=True)
     main = result.main
@@ -262,6 +264,11 @@ def write_run_folder(result: ExperimentResult, out: Path, seed: int, title: str 
         manifest(seed, result.config_hash, main.device, result.wall_seconds, {"status": "FINISHED", "timings": timings}),
         indent=2) + "\n")
     (out / "history.json").write_text(json.dumps(main.history) + "\n")
+    result.out_dir = out
+    if not plots:
+        return out
+    from clrepro.tracking.plots import accuracy_heatmap, mask_capacity, network_capacity, task_curves
+
     title = title or f"{result.config.get('name', '')} seed={seed}"
     accuracy_heatmap(main.acc, out / "acc_matrix.png", title)
     task_curves(main.acc, out / "task_curves.png", title)

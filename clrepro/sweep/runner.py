@@ -523,28 +523,32 @@ def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: s
 
     base = base_config(spec, str(spec_path))  # every problem in the sweep file is reported before Ray starts
 
-    def prepare():
-        import mlflow.tracking  # noqa: F401  (imports while Ray starts: MLflow, Tune, Optuna)
-        import ray.tune.search.optuna  # noqa: F401
+    def open_store():
+        from clrepro.tracking.names import sweep_description
+
+        try:
+            store = MlflowStore(uri)
+            return store, store.ensure_experiment(spec.name, description=sweep_description(spec, base))
+        except Exception as e:  # the store refuses (permissions, a server error): one line, nothing started
+            raise UserError(f"tracking URI {uri}: MLflow cannot use it ({str(e).strip().splitlines()[0][:200]})") \
+                from None
+
+    def prepare(with_store: bool):  # while Ray starts: Tune and Optuna's imports, and for a local sweep MLflow's
+        import ray.tune.search.optuna  # noqa: F401  store (a new sqlite file runs its migrations, ~2 s)
+
+        return open_store() if with_store else None
 
     if not address and (local := _local_resources(num_cpus)) is not None:  # fail fast, before Ray starts
         _check_resources_against(local, local, spec, str(spec_path), "the local Ray instance")
-    setup = Background(prepare)
+    # an --address sweep opens the store only once the cluster answered, so a wrong address leaves no store behind
+    setup = Background(prepare, address is None)
     started = False
     store, parent, ctx = None, None, None
     try:
         ray, started = _init_ray(address, num_cpus)
-        setup.join()
+        opened = setup.join()
+        store, exp_id = opened if opened is not None else open_store()
         _check_resources(ray, spec, str(spec_path))
-        try:
-            store = MlflowStore(uri)
-            from clrepro.tracking.names import sweep_description
-
-            exp_id = store.ensure_experiment(spec.name, description=sweep_description(spec, base))
-        except Exception as e:  # the store refuses (permissions, a server error): one line, nothing started
-            store = None
-            raise UserError(f"tracking URI {uri}: MLflow cannot use it ({str(e).strip().splitlines()[0][:200]})") \
-                from None
         closed = _close_dead_drivers(store, spec.name)  # this sweep's (on --resume) and any other dead one's
         parent = _parent_run(store, spec, sweep_dir, spec_path)
         for p in shipped:  # what the workers ran, beside the sweep file
@@ -601,6 +605,7 @@ def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: s
             raise SweepInterrupted(f"{spec_path}: sweep interrupted; its state is saved in {sweep_dir}: "
                                    f"continue with `clrepro sweep {spec_path} --resume`")
         trials = _summaries(results)
+        plots = Background(_optuna_plots, store, parent, spec, trials)  # beside the final group's bookkeeping
         best = _best(trials, spec.objective.mode, spec.final.top_k)
         final = _final_summaries(store, results, trials)
         _reconcile(store, ctx, results, trials)
@@ -608,7 +613,7 @@ def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: s
             store.set_tags(parent, {TAG + "best_trial": best[0].trial_id})
             store.log_params(parent, {f"best.{k}": v for k, v in best[0].params.items()})
             store.log_metrics(parent, {f"best_{spec.objective.metric}": best[0].objective})
-        _optuna_plots(store, parent, spec, trials)
+        plots.join()
         outcome = SweepOutcome(spec, sweep_dir, uri, exp_id, parent, trials, final)
         outcome.engine_seconds = sum(t.engine_seconds for t in trials) + sum(f.get("engine_seconds", 0) for f in final)
         outcome.slots = slots

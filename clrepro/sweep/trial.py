@@ -145,7 +145,10 @@ def run_seed(ctx: TrialContext, store: MlflowStore, cfg, params: dict, seed: int
         try:
             store.log_params(run_id, {**params, "seed": seed})
             cache = ReferenceCache(ctx.ref_cache) if ctx.ref_cache else None
-            result = run_experiment(cfg, Path(d), listeners, seed=seed, reference_cache=cache, title=title)
+            # per-seed plots for the report seeds (the published numbers); a search trial's seeds log their
+            # matrices and metrics, and the trial run carries the mean heatmap and curves
+            result = run_experiment(cfg, Path(d), listeners, seed=seed, reference_cache=cache, title=title,
+                                    plots=group != "search")
             log_experiment_result(store, run_id, result, Path(d))
             store.set_status(run_id, "FINISHED")
         except BaseException as e:
