@@ -6,7 +6,8 @@ CSV, and compare with paper_tables/ci/expected/<name>.csv. The comparison tolera
 machine can change (floating-point kernels: |Δ| ≤ ATOL display points on means and stds, default 0.5,
 env CLREPRO_TABLE_ATOL) and fails on drift: a different row, column, seed set, n or published value,
 or a number further off. On the machine that wrote the expected files the numbers are identical.
-`--update` rewrites the expected files instead; `--out DIR` also writes each regenerated table there as
+Seed runs go `--jobs` at a time (default: the CPU count), each with one torch thread, so the numbers do not
+depend on the machine's core count. `--update` rewrites the expected files instead; `--out DIR` also writes each regenerated table there as
 Markdown, LaTeX, CSV and a plot (CI uploads them).
 """
 
@@ -18,6 +19,7 @@ import io
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +28,7 @@ EXACT = ("row", "benchmark", "metric", "n", "published_mean", "published_std", "
 CLOSE = ("mean", "std")
 
 
-def regenerate(spec_path: Path, tracking_uri: str, out: Path | None = None) -> str:
+def regenerate(spec_path: Path, tracking_uri: str, out: Path | None = None, jobs: int = 1) -> str:
     from clrepro.tables.produce import produce_missing
     from clrepro.tables.render import to_csv
     from clrepro.tables.sources import RunReader
@@ -36,7 +38,7 @@ def regenerate(spec_path: Path, tracking_uri: str, out: Path | None = None) -> s
     spec = load_table(spec_path)
     spec.tracking_uri = tracking_uri
     reader = RunReader(tracking_uri)
-    produce_missing(spec, reader, log=lambda m: print(f"  {m}", flush=True))
+    produce_missing(spec, reader, log=lambda m: print(f"  {m}", flush=True), jobs=jobs)
     table = build_table(spec, RunReader(tracking_uri))
     if out is not None:
         from clrepro.tables.render import write_all
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("tables", nargs="*", type=Path)
     ap.add_argument("--update", action="store_true", help="rewrite the expected CSVs")
     ap.add_argument("--out", type=Path, help="also write the regenerated tables here (md, tex, csv, png)")
+    ap.add_argument("--jobs", type=int, default=int(os.environ.get("CLREPRO_TABLE_JOBS", os.cpu_count() or 1)),
+                    help="seed runs at once, one torch thread each (default: the CPU count, or $CLREPRO_TABLE_JOBS)")
     args = ap.parse_args(argv)
     import yaml
 
@@ -82,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             if not (yaml.safe_load(path.read_text()) or {}).get("regenerate", True):
                 continue
             print(f"regenerating {path.relative_to(ROOT)}", flush=True)
-            got = regenerate(path, uri, args.out.resolve() if args.out else None)
+            t0 = time.perf_counter()
+            got = regenerate(path, uri, args.out.resolve() if args.out else None, args.jobs)
+            print(f"  {path.stem}: {time.perf_counter() - t0:.0f} s", flush=True)
             expected_file = EXPECTED / f"{path.stem}.csv"
             if args.update or not expected_file.exists():
                 EXPECTED.mkdir(parents=True, exist_ok=True)

@@ -186,3 +186,37 @@ def test_sweep_variants_expand_into_named_sweeps():
     assert set(specs[1].search_space) == {"algorithm.parameter_change_reg_factor", "algorithm.gamma"}
     with pytest.raises(ConfigError, match="choose one"):
         load_sweep(ROOT / "sweeps" / "ewc_si_embedded.yaml")
+
+
+def test_parallel_production_gives_the_tables_a_single_process_gives(tmp_path):
+    """`--jobs 2` (each seed run in its own process with one torch thread) against the same runs in this process
+    with one thread: the same CSV."""
+    import torch
+
+    from clrepro.tables.produce import produce_missing
+    from conftest import TINY
+
+    overrides = [*TINY, "trainer.epochs=1", "trainer.batch_size=64"]
+    spec = {"title": "jobs", "columns": [{"benchmark": "pd", "metric": m} for m in ("AA", "BWT", "FWT")],
+            "rows": [{"label": "Finetuning", "runs": {"pd": {"experiment": "finetuning_pmnist", "overrides": overrides,
+                                                             "seeds": [1, 2, 3]}}},
+                     {"label": "EWC", "runs": {"pd": {"experiment": "finetuning_pmnist", "seeds": [1, 2, 3],
+                                                      "overrides": [*overrides, "algorithm=ewc"]}}}]}
+    csvs = []
+    threads = torch.get_num_threads()
+    for jobs in (1, 2):
+        d = tmp_path / f"jobs{jobs}"
+        d.mkdir()
+        (d / "t.yaml").write_text(yaml.safe_dump({**spec, "tracking_uri": f"sqlite:///{d}/mlflow.db"}))
+        table_spec = load_table(d / "t.yaml")
+        logged = []
+        torch.set_num_threads(1)
+        try:
+            made = produce_missing(table_spec, RunReader(table_spec.tracking_uri), log=logged.append, jobs=jobs)
+        finally:
+            torch.set_num_threads(threads)
+        assert made == 6
+        assert any("2 at a time" in m for m in logged) == (jobs == 2)
+        csvs.append(to_csv(build_table(table_spec, RunReader(table_spec.tracking_uri))))
+    assert csvs[0] == csvs[1]
+    assert "Finetuning" in csvs[0] and ",3," in csvs[0]  # n = 3 seeds per cell

@@ -74,6 +74,8 @@ def _sweep_args(sp: argparse.ArgumentParser) -> None:
 def _table_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("spec", help="table spec, e.g. paper_tables/ci/quickstart.yaml")
     sp.add_argument("--run", action="store_true", help="produce missing runs first (sweeps, experiment seeds)")
+    sp.add_argument("--jobs", type=_positive, default=1, help="with --run: experiment seeds run at once, one torch "
+                                                              "thread each (default 1)")
     sp.add_argument("--out", help="write SPEC.md, SPEC.tex, SPEC.csv and SPEC.png here (and log them to MLflow)")
     sp.add_argument("--tracking-uri", help="MLflow store to read (default: the spec's, sqlite:///mlflow.db)")
     sp.add_argument("--no-log", action="store_true", help="with --out: do not log the files to MLflow")

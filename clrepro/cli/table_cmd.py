@@ -24,7 +24,7 @@ def main(args) -> int:
     if args.run:
         from clrepro.tables.produce import produce_missing
 
-        produce_missing(spec, reader, log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
+        produce_missing(spec, reader, log=lambda msg: console.print(f"[dim]{msg}[/dim]"), jobs=args.jobs)
     table = build_table(spec, reader)
     console.print(to_rich(table))
     for row, note in zip(spec.rows, table.row_notes):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from clrepro.tables.sources import RunReader, table_experiment_name
@@ -17,14 +19,17 @@ def experiment_identity(sel: Selector) -> tuple[str, str]:
     return cfg.name, config_hash(resolved_dict(cfg))
 
 
-def produce_missing(spec: TableSpec, reader: RunReader, log=print) -> int:
+def produce_missing(spec: TableSpec, reader: RunReader, log=print, jobs: int = 1) -> int:
     """Run every sweep or experiment seed the table lacks; returns how many runs were produced.
 
     Reference runs (independent, joint, random) are deterministic per reference config and seed, so rows that
-    share a backbone, optimizer and protocol compute each of them once (a cache for this call only)."""
+    share a backbone, optimizer and protocol compute each of them once (a cache for this call only).
+    `jobs` > 1 runs that many experiment seeds at once, each process with one torch thread (small models use
+    cores better side by side than as threads of one run); jobs go row by row, seed by seed, so runs that
+    share references are rarely in flight together."""
     check_sources(spec)
     with tempfile.TemporaryDirectory(prefix="clrepro-refs-") as refs:
-        return _produce(spec, reader, log, refs)
+        return _produce(spec, reader, log, refs, max(1, int(jobs)))
 
 
 def check_sources(spec: TableSpec) -> None:
@@ -43,9 +48,17 @@ def check_sources(spec: TableSpec) -> None:
                 experiment_identity(sel)
 
 
-def _produce(spec: TableSpec, reader: RunReader, log, refs: str) -> int:
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def _produce(spec: TableSpec, reader: RunReader, log, refs: str, jobs: int = 1) -> int:
     made = 0
     done_sweeps: set[str] = set()
+    pending: list[tuple[Selector, int, str]] = []
     for row in spec.rows:
         for bench, sel in row.runs.items():
             if sel.sweep:
@@ -64,10 +77,25 @@ def _produce(spec: TableSpec, reader: RunReader, log, refs: str) -> int:
                 have = {v.seed for v in reader.read(sel)}
                 for seed in sel.seeds:
                     if seed not in have:
-                        log(f"running {sel.experiment} seed {seed} for {row.label} / {bench}")
-                        run_experiment_seed(spec.tracking_uri, sel, seed, refs)
-                        made += 1
-    return made
+                        pending.append((sel, seed, f"{sel.experiment} seed {seed} for {row.label} / {bench}"))
+    if jobs == 1 or len(pending) < 2:
+        for sel, seed, what in pending:
+            log(f"running {what}")
+            run_experiment_seed(spec.tracking_uri, sel, seed, refs)
+        return made + len(pending)
+    import multiprocessing
+
+    from clrepro.tracking.mlflow_store import MlflowStore, absolute_tracking_uri
+
+    MlflowStore(absolute_tracking_uri(spec.tracking_uri))  # a new store's migrations run here, not in two workers
+    log(f"running {len(pending)} seed runs, {jobs} at a time (one torch thread each)")
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool:
+        futures = [(what, pool.submit(run_experiment_seed, spec.tracking_uri, sel, seed, refs))
+                   for sel, seed, what in pending]
+        for what, f in futures:
+            f.result()  # the first failure propagates (the pool finishes or cancels the rest)
+            log(f"done {what}")
+    return made + len(pending)
 
 
 def run_experiment_seed(tracking_uri: str, sel: Selector, seed: int, reference_cache: str | None = None) -> str:
