@@ -104,7 +104,14 @@ def env_line(folder: Path) -> str:
 
 
 def markdown(rows: list[dict], code_rows: list[dict], margin: float, envs: dict) -> str:
-    out = [f"Equivalence: TOST (two one-sided Welch tests) at ±{margin:g} AA points, α = 0.05; power at a true "
+    import datetime
+
+    out = ["Produced by `make parity` (runners: `benchmarks/parity/{clrepro_runner,peers/<peer>_runner}.py`, one torch "
+           "thread each; this table: `python benchmarks/parity/compare.py --runs $PARITY_CACHE/runs`) on "
+           f"{datetime.date.today().isoformat()}. n = seeds both tools finished (the pairs list 20; a partial run "
+           "compares what it has). Wall times come from runners sharing the machine with other work: compare them "
+           "within a row, not across rows.", ""]
+    out += [f"Equivalence: TOST (two one-sided Welch tests) at ±{margin:g} AA points, α = 0.05; power at a true "
            "difference of 0 with the observed spreads; n_80 = seeds per side for 80 % power. Values are "
            "percent, mean ± sample std over seeds; diff = clrepro − peer. s/run: median wall seconds of one seed's "
            "main run inside the runner process (imports and reference runs excluded).", ""]
