@@ -24,9 +24,10 @@ def produce_missing(spec: TableSpec, reader: RunReader, log=print, jobs: int = 1
 
     Reference runs (independent, joint, random) are deterministic per reference config and seed, so rows that
     share a backbone, optimizer and protocol compute each of them once (a cache for this call only).
-    `jobs` > 1 runs that many experiment seeds at once, each process with one torch thread (small models use
-    cores better side by side than as threads of one run); jobs go row by row, seed by seed, so runs that
-    share references are rarely in flight together."""
+    Every seed run uses one torch thread, so a table's numbers do not depend on the machine's cores (float
+    reductions split over threads change a run's matrix); `jobs` > 1 runs that many seeds at once, each in its
+    own process (small models use cores better side by side than as threads of one run). Jobs go row by row,
+    seed by seed, so runs that share references are rarely in flight together."""
     check_sources(spec)
     with tempfile.TemporaryDirectory(prefix="clrepro-refs-") as refs:
         return _produce(spec, reader, log, refs, max(1, int(jobs)))
@@ -79,9 +80,16 @@ def _produce(spec: TableSpec, reader: RunReader, log, refs: str, jobs: int = 1) 
                     if seed not in have:
                         pending.append((sel, seed, f"{sel.experiment} seed {seed} for {row.label} / {bench}"))
     if jobs == 1 or len(pending) < 2:
-        for sel, seed, what in pending:
-            log(f"running {what}")
-            run_experiment_seed(spec.tracking_uri, sel, seed, refs)
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as in the parallel case: a table's numbers never depend on --jobs or the cores
+        try:
+            for sel, seed, what in pending:
+                log(f"running {what}")
+                run_experiment_seed(spec.tracking_uri, sel, seed, refs)
+        finally:
+            torch.set_num_threads(threads)
         return made + len(pending)
     import multiprocessing
 
