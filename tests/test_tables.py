@@ -220,3 +220,12 @@ def test_parallel_production_gives_the_tables_a_single_process_gives(tmp_path):
         csvs.append(to_csv(build_table(table_spec, RunReader(table_spec.tracking_uri))))
     assert csvs[0] == csvs[1]
     assert "Finetuning" in csvs[0] and ",3," in csvs[0]  # n = 3 seeds per cell
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "paper_tables").glob("**/*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_table_names_experiments_and_sweeps_that_load(path):
+    """Each table's rows compose (experiment + overrides, sweep files and names), as `--run` checks before its
+    first run: an override that a config change made invalid fails here, not an hour into `make tables`."""
+    from clrepro.tables.produce import check_sources
+
+    check_sources(load_table(path))
