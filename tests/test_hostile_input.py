@@ -173,6 +173,8 @@ CASES = [
     ("run-iterations", ["run", "hat_pmnist", *TINY, "trainer.iterations=-3"], "trainer.iterations"),
     ("run-threads", ["run", "hat_pmnist", *TINY, "trainer.threads=100000"], "trainer.threads"),
     ("run-smax-inf", ["run", "hat_pmnist", *TINY, "algorithm.s_max=inf"], "algorithm.s_max: inf is not allowed"),
+    ("run-smax-huge", ["run", "hat_pmnist", *TINY, "algorithm.s_max=1e308"],
+     "algorithm.s_max: 1e+308 is out of range (allowed: [1.0, 1000000.0])"),
     ("run-accel", ["run", "hat_pmnist", *TINY, "trainer.accelerator=tpu"], "trainer.accelerator: 'tpu'"),
     ("run-precision", ["run", "hat_pmnist", *TINY, "trainer.precision=8-bit"], "trainer.precision"),
     # run: checks that used to come only after training

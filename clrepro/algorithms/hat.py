@@ -28,7 +28,8 @@ THRES_EMB, CLIPGRAD = 6.0, 10000.0  # Serrà et al.'s safeguards (B2)
 @dataclass
 class HATConfig:
     adjustment_mode: str = hp("hat", choices=tuple(ADJUSTMENTS), doc="gradient protection rule")
-    s_max: float = hp(400.0, low=1.0, symbol="s_max", doc="maximum gate scale")
+    s_max: float = hp(400.0, low=1.0, high=1e6, symbol="s_max",
+                      doc="maximum gate scale (beyond 1e6 the gates are binary in float32 and s·e overflows)")
     clamp_threshold: float = hp(50.0, low=0.0, low_open=True, doc="clamp inside cosh of the compensation")
     mask_sparsity_reg_factor: float = hp(0.1, low=0.0, symbol="λ", doc="factor of the mask sparsity regulariser")
     mask_sparsity_reg_mode: str = hp("original", choices=("original",),
