@@ -225,20 +225,21 @@ def mnist(root: str, download: bool) -> SourceData:
     return _array_source("mnist", "MNIST", root, download, 10, (0.1307,), (0.3081,))
 
 
+CIFAR_MEAN, CIFAR_STD = (0.5074, 0.4867, 0.4411), (0.2011, 0.1987, 0.2025)  # the reference's, for both CIFARs
+
+
 @source("cifar100", "CIFAR-100 (50k/10k, 32x32x3) from torchvision's files in <root>/cifar-100-python/", 100,
         (3, 32, 32))
 @_per_folder
 def cifar100(root: str, download: bool) -> SourceData:
-    return _array_source("cifar100", "CIFAR100", root, download, 100,
-                         (0.5074, 0.4867, 0.4411), (0.2011, 0.1987, 0.2025))
+    return _array_source("cifar100", "CIFAR100", root, download, 100, CIFAR_MEAN, CIFAR_STD)
 
 
 @source("cifar10", "CIFAR-10 (50k/10k, 32x32x3) from torchvision's files in <root>/cifar-10-batches-py/", 10,
         (3, 32, 32))
 @_per_folder
 def cifar10(root: str, download: bool) -> SourceData:
-    return _array_source("cifar10", "CIFAR10", root, download, 10,
-                         (0.5074, 0.4867, 0.4411), (0.2011, 0.1987, 0.2025))
+    return _array_source("cifar10", "CIFAR10", root, download, 10, CIFAR_MEAN, CIFAR_STD)
 
 
 def validation_split(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,7 +271,6 @@ def random_split_indices(n: int, fractions: tuple[float, ...]) -> list[torch.Ten
 # ----- Combined-20 (docs/benchmarks.md#combined-20) ---------------------------------------------------------------------------
 
 IMAGENET_MEAN, IMAGENET_STD = (0.4850, 0.4560, 0.4060), (0.2290, 0.2240, 0.2250)
-CIFAR_MEAN, CIFAR_STD = (0.5074, 0.4867, 0.4411), (0.2011, 0.1987, 0.2025)
 _TRAIN_TEST = ({"train": True}, {"train": False})
 _SPLIT_TRAIN_TEST = ({"split": "train"}, {"split": "test"})
 
