@@ -108,6 +108,57 @@ def _write_concurrently(uri: str) -> str:
     return exp_id
 
 
+def _ensure(uri: str, name: str, barrier, out) -> None:
+    """One table worker's first call: ask for the table's experiment, started together with the others."""
+    import logging
+
+    logging.disable(logging.WARNING)
+    from clrepro.tracking.mlflow_store import MlflowStore
+
+    store = MlflowStore(uri)
+    barrier.wait()
+    out.put(store.ensure_experiment(name))
+
+
+def test_processes_that_create_one_new_experiment_at_once_all_get_it(tmp_path):
+    """The CI failure of `make tables --jobs 2`: two seed workers both found no 'table/...' experiment and both
+    inserted it; the loser raised UNIQUE constraint failed. Every process must get the one experiment."""
+    from clrepro.tracking.mlflow_store import MlflowStore
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowStore(uri).client.search_experiments()  # migrations once, as produce_missing does before its workers
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["clrepro.tracking.mlflow_store", "mlflow.tracking"])
+    barrier, out = ctx.Barrier(6), ctx.Queue()
+    procs = [ctx.Process(target=_ensure, args=(uri, "table/race", barrier, out)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * 6
+    ids = {out.get(timeout=5) for _ in procs}
+    assert len(ids) == 1 and ids == {MlflowStore(uri).ensure_experiment("table/race")}
+
+
+def test_losing_the_insert_race_reads_the_winners_experiment(tmp_path, monkeypatch):
+    """Deterministic form of the race: the lookup saw no experiment, then another process inserted it."""
+    from clrepro.tracking.mlflow_store import MlflowStore
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    winner = MlflowStore(uri).ensure_experiment("table/x", description="made first")
+    loser = MlflowStore(uri)
+    real = loser.client.get_experiment_by_name
+    calls = []
+
+    def stale_once(name):
+        calls.append(name)
+        return None if len(calls) == 1 else real(name)
+
+    monkeypatch.setattr(loser.client, "get_experiment_by_name", stale_once)
+    assert loser.ensure_experiment("table/x") == winner
+    assert len(calls) == 2
+
+
 def _count(uri: str, exp_id: str) -> dict:
     from mlflow.tracking import MlflowClient
 

@@ -136,8 +136,9 @@ class MlflowStore:
 
     # ----- experiments and runs ----------------------------------------------------------------------
     def ensure_experiment(self, name: str, artifact_root: Path | None = None, description: str | None = None) -> str:
-        """The experiment's id, created once (in the driver) with an explicit artifact location, marked as a
-        model-training experiment (MLflow's runs view, not its GenAI traces) and given `description`."""
+        """The experiment's id, created once with an explicit artifact location, marked as a model-training
+        experiment (MLflow's runs view, not its GenAI traces) and given `description`. Safe when several
+        processes ask for the same new experiment at once: the ones that lose the insert read the winner's."""
         from clrepro.tracking.names import EXPERIMENT_KIND, MODEL_TRAINING, NOTE
 
         exp = _retry(self.client.get_experiment_by_name, name)
@@ -147,8 +148,17 @@ class MlflowStore:
             if self.tracking_uri.startswith("sqlite:"):
                 root = artifact_root or Path(self.tracking_uri[len("sqlite:///"):]).parent / "mlartifacts"
                 location = (Path(root) / name).resolve().as_uri()
-            self.experiment_id = _retry(self.client.create_experiment, name, artifact_location=location, tags=tags)
-        else:
+            try:
+                self.experiment_id = _retry(self.client.create_experiment, name, artifact_location=location,
+                                            tags=tags)
+                return self.experiment_id
+            except Exception as e:  # another process created it between the lookup and the insert
+                if "already exists" not in str(e).lower():
+                    raise
+                exp = _retry(self.client.get_experiment_by_name, name)
+                if exp is None:
+                    raise
+        if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 _retry(self.client.restore_experiment, exp.experiment_id)
             self.experiment_id = exp.experiment_id
