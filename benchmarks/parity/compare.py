@@ -1,4 +1,7 @@
-"""Put each pair's two distributions side by side: mean ± std, difference, Welch p, TOST at ±margin, wall times."""
+"""Put each pair's two distributions side by side: mean ± std, difference, Welch p, TOST at ±margin, wall times.
+
+Seeds come from the runs cache and from the committed ledger results/seeds.jsonl (see ledger.py), which this
+script updates: seeds run on earlier machines count as long as the pair's protocol is unchanged."""
 
 from __future__ import annotations
 
@@ -98,18 +101,13 @@ def metric_code_rows(peer: str, pair: dict, runs: Path) -> list[dict]:
             for k, v in diffs.items()]
 
 
-def env_line(folder: Path) -> str:
-    envs = sorted(folder.glob("*/*/env.json"))
-    return json.loads(envs[0].read_text()) if envs else {}
-
-
 def markdown(rows: list[dict], code_rows: list[dict], margin: float, envs: dict) -> str:
     import datetime
 
     out = ["Produced by `make parity` (runners: `benchmarks/parity/{clrepro_runner,peers/<peer>_runner}.py`, one torch "
            "thread each; this table: `python benchmarks/parity/compare.py --runs $PARITY_CACHE/runs`) on "
-           f"{datetime.date.today().isoformat()}. n = seeds both tools finished (the pairs list 20; a partial run "
-           "compares what it has). Wall times come from runners sharing the machine with other work: compare them "
+           f"{datetime.date.today().isoformat()}. n = seeds both tools finished, from the runs cache and the committed "
+           "seed ledger `results/seeds.jsonl` (the pairs list 20; a partial run compares what it has). Wall times come from runners sharing the machine with other work: compare them "
            "within a row, not across rows.", ""]
     out += [f"Equivalence: TOST (two one-sided Welch tests) at ±{margin:g} AA points, α = 0.05; power at a true "
            "difference of 0 with the observed spreads; n_80 = seeds per side for 80 % power. Values are "
@@ -148,21 +146,34 @@ def main() -> None:
     ap.add_argument("--margin", type=float, default=1.0)
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
+    import tempfile
+
+    import ledger
+
+    book_path = args.out / "seeds.jsonl"
+    book = ledger.read(book_path)
+    previous_envs = json.loads((args.out / "environments.json").read_text()) if (
+        args.out / "environments.json").is_file() else {}
     rows, code_rows, envs = [], [], {}
-    for pf in args.pairs:
-        spec = load_pairs(pf)
-        peer = spec["peer"]
-        for pid in spec["pairs"]:
-            if args.only and f"{peer}/{pid}" not in args.only and peer not in args.only:
-                continue
-            pair = resolve(pf, pid)
-            rows += pair_rows(peer, pair, args.runs, args.margin)
-            code_rows += metric_code_rows(peer, pair, args.runs)
-        envs[peer] = env_line(args.runs / peer)
-        for tool_env in sorted((args.runs / peer).glob(f"*/{peer}/env.json"))[:1]:
-            envs[peer] = json.loads(tool_env.read_text())
-        for tool_env in sorted((args.runs / peer).glob("*/clrepro/env.json"))[:1]:
-            envs["clrepro"] = json.loads(tool_env.read_text())
+    with tempfile.TemporaryDirectory(prefix="parity-merged-") as tmp:
+        merged = Path(tmp)  # the ledger's seeds and the cache's, as one runs folder
+        for pf in args.pairs:
+            spec = load_pairs(pf)
+            peer = spec["peer"]
+            for pid in spec["pairs"]:
+                if args.only and f"{peer}/{pid}" not in args.only and peer not in args.only:
+                    continue
+                pair = resolve(pf, pid)
+                ledger.merge(book, args.runs, peer, pair)
+                ledger.materialize(book, peer, pair, merged)
+                rows += pair_rows(peer, pair, merged, args.margin)
+                code_rows += metric_code_rows(peer, pair, merged)
+            # versions: this cache's runners where it has them, else the ones the ledger's seeds recorded
+            for name, pattern in ((peer, f"*/{peer}/env.json"), ("clrepro", "*/clrepro/env.json")):
+                found = sorted((args.runs / peer).glob(pattern))[:1]
+                envs[name] = json.loads(found[0].read_text()) if found else previous_envs.get(name, {})
+    args.out.mkdir(parents=True, exist_ok=True)
+    ledger.write(book_path, book)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "parity.md").write_text(markdown(rows, code_rows, args.margin, envs))
     keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
