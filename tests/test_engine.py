@@ -170,3 +170,17 @@ def test_runtime_refuses_cuda_without_a_gpu_in_one_line(tiny):
         pytest.skip("this machine has CUDA")
     with pytest.raises(UserError, match="CUDA is not available"):
         Engine(tiny("hat_pmnist", "trainer.accelerator=cuda"))
+
+
+def test_a_last_run_frees_the_cached_tasks_before_its_plots_and_a_sweep_run_keeps_them(tiny, tmp_path):
+    """`clrepro run` is a process's last run: its tasks are freed before plotting (peak RSS stays at
+    training's); runs inside sweep workers and tables keep them for the next seed."""
+    from clrepro.data import benchmarks
+
+    cfg = tiny("finetuning_pmnist")
+    kept = run_experiment(cfg, tmp_path / "a")
+    assert len(benchmarks._TASK_CACHE) > 0
+    last = run_experiment(cfg, tmp_path / "b", last_run=True)
+    assert len(benchmarks._TASK_CACHE) == 0
+    assert (tmp_path / "b" / "acc_matrix.png").is_file()
+    assert np.array_equal(kept.main.acc, last.main.acc, equal_nan=True)

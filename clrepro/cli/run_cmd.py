@@ -43,7 +43,7 @@ def main(args) -> int:
     ref_listeners = [] if args.quiet else [ConsoleProgress("reference", quiet=True)]
     created = _make_folder(out)
     try:
-        result = run_experiment(cfg, out, listeners, ref_listeners)
+        result = run_experiment(cfg, out, listeners, ref_listeners, last_run=True)
     except RunFailed as e:
         print(f"error: run {cfg.name} failed: {e} ({e.where()})", file=sys.stderr)
         return e.exit_code

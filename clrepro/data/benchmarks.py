@@ -24,6 +24,14 @@ _TASK_CACHE: OrderedDict[tuple, Task] = OrderedDict()
 TASK_CACHE_BYTES = 512 * 2**20  # per process: a sweep worker builds each task once, not once per run
 
 
+def release_task_cache() -> None:
+    """Drop every cached task: a process that has finished its last run frees the data before plotting."""
+    import gc
+
+    _TASK_CACHE.clear()
+    gc.collect()  # the engine's reference cycles still hold the tensors of the last task otherwise
+
+
 def _nbytes(task: Task) -> int:
     return sum(s.x.element_size() * s.x.nelement() + s.y.element_size() * s.y.nelement()
                for s in (task.train, task.val, task.test))

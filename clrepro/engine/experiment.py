@@ -13,6 +13,7 @@ import numpy as np
 
 from clrepro.config.load import config_hash, resolved_dict
 from clrepro.config.schema import CUL_METRICS, ExperimentConfig
+from clrepro.data.benchmarks import release_task_cache
 from clrepro.engine.loop import Engine, run
 from clrepro.engine.references import cul_reference_config, needed_cul_references, needed_references, reference_config
 from clrepro.engine.unlearning import UnlearningPlan
@@ -128,9 +129,11 @@ def _cul(cfg: ExperimentConfig, engine: Engine, acc: np.ndarray, seed: int, list
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, listeners: Iterable = (),
                    reference_listeners: Iterable | None = None, seed: int | None = None,
                    reference_cache: ReferenceCache | None = None, title: str | None = None,
-                   plots: bool = True) -> ExperimentResult:
+                   plots: bool = True, last_run: bool = False) -> ExperimentResult:
     """Run main + needed references with one seed, compute AA/BWT/FWT/FR, write the run folder if asked
-    (with its plots unless `plots` is false).
+    (with its plots unless `plots` is false). `last_run`: nothing else in this process needs the tasks, so
+    they are freed before the run folder is written (plotting then reuses their memory: peak RSS stays at
+    training's).
 
     A run that fails once training has started raises RunFailed after writing what it produced to `out_dir`
     (matrix so far, history, config, references done, manifest with status FAILED, error.txt); an interrupted
@@ -189,6 +192,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, lis
     metrics["task_extras"] = main.task_extras
     result = ExperimentResult(main, refs, sources, metrics, resolved, chash, None,
                               time.perf_counter() - start, engine_seconds)
+    if last_run:
+        release_task_cache()
     if out_dir is not None:
         write_run_folder(result, Path(out_dir), seed, title, plots)
     return result
