@@ -1,5 +1,5 @@
 """`python -m clrepro` runs the command-line interface."""
 
-from clrepro.cli.main import main
+from clrepro.cli.main import entry
 
-raise SystemExit(main())
+entry()
