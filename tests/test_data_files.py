@@ -418,9 +418,39 @@ def test_cli_split_cifar10_der_with_augmentation_from_clrepro_data(data, tmp_pat
                       "benchmark.num_tasks=2", "trainer.epochs=1", "trainer.batch_size=4", "--out", str(out)], capsys)
     assert code == 0, err
     config = (out / "config.yaml").read_text()
-    assert "  root: null\n  download: true\n  augmentation:\n    crop: 32\n    padding: 4\n    hflip: true\n" in config
+    assert ("  root: null\n  download: true\n  normalization: mammoth\n  augmentation:\n    crop: 32\n    padding: 4\n"
+            "    hflip: true\n") in config
     acc = _acc(out)
     assert acc.shape == (2, 2) and np.isfinite(acc[1]).all()
+
+
+def test_split_cifar_normalisation_is_clarenas_by_default_and_mammoths_on_request(data):
+    """Split CIFAR-10/100 normalise with CLArena's shared CIFAR constants unless `normalization: mammoth`, which
+    takes Mammoth's per-dataset ones (DER, DER++, Flashback); the crop's padding follows the constants used."""
+    from clrepro.data.augment import Augmentation, AugmentationConfig
+    from clrepro.data.benchmarks import build_benchmark
+    from clrepro.errors import ConfigError
+
+    root, w = data
+    for source, key, mean, std in (("cifar10", "CIFAR10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2615)),
+                                   ("cifar100", "CIFAR100", (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))):
+        raw = torch.from_numpy(w[key][2].astype(np.float32)) / 255.0  # the test images of the files, as ToTensor
+        node = {"name": "split", "source": source, "root": str(root), "download": False, "num_tasks": 1,
+                "classes_per_task": 2 if source == "cifar10" else 5, "val_fraction": 0.0}
+        ref, mam = (build_benchmark({**node, "normalization": n}).task(1) for n in ("source", "mammoth"))
+        keep = torch.isin(torch.from_numpy(w[key][3]), torch.tensor(ref.classes))
+        m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+        assert torch.equal(mam.test.x, (raw[keep] - m) / s), source
+        cm, cs = torch.tensor(sources.CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(sources.CIFAR_STD).view(1, 3, 1, 1)
+        assert torch.equal(ref.test.x, (raw[keep] - cm) / cs), source
+        assert (mam.mean, mam.std) == (mean, std)
+        aug = Augmentation(AugmentationConfig(crop=32, padding=4), seed=1, channels=3)
+        aug.add_task(mam)
+        assert torch.allclose(aug.fill(1, torch.device("cpu")), -torch.tensor(mean) / torch.tensor(std))
+    with pytest.raises(ConfigError, match="benchmark.normalization.*'mammoth' has no constants for source 'mnist'"):
+        build_benchmark({"name": "split", "source": "mnist", "normalization": "mammoth"})
+    with pytest.raises(ConfigError, match="benchmark.normalization"):
+        build_benchmark({"name": "split", "source": "cifar10", "normalization": "imagenet"})
 
 
 def test_cli_errors_are_one_line_exit_2_before_training(data, tmp_path, capsys, monkeypatch):

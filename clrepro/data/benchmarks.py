@@ -12,8 +12,8 @@ import torch
 
 from clrepro.config.hparams import hp
 from clrepro.data.augment import AugmentationConfig, check_fits
-from clrepro.data.sources import (COMBINED20, COMBINED_SOURCES, SOURCES, SourceData, load_combined, normalize,
-                                  validation_split)
+from clrepro.data.sources import (COMBINED20, COMBINED_SOURCES, MAMMOTH_CONSTANTS, NORMALIZATIONS, SOURCES,
+                                  SourceData, constants, load_combined, normalize, validation_split)
 from clrepro.data.task import Split, Task
 from clrepro.errors import ConfigError
 from clrepro.limits import INT64_MAX, MAX_TASKS
@@ -182,6 +182,9 @@ class SplitConfig:
     val_fraction: float = hp(0.1, low=0.0, high=0.5, doc="validation share of each task's train pool (seed 42)")
     root: str | None = hp(None, doc="data folder for torchvision sources (default $CLREPRO_DATA or ~/.cache)")
     download: bool = hp(True, doc="let torchvision download a missing source (never for embedded sources)")
+    normalization: str = hp("source", choices=NORMALIZATIONS, doc="per-channel Normalize constants: the source's "
+                            "(CLArena's; one pair for both CIFARs) or `mammoth` (Mammoth's per-dataset CIFAR-10 and "
+                            "CIFAR-100 pairs, the DER and Flashback protocols)")
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig, metadata={
         "doc": "train-time RandomCrop (zero padding) and RandomHorizontalFlip of each batch; off by default"})
 
@@ -197,6 +200,9 @@ class SplitClasses(Benchmark):
         from clrepro.data.sources import SOURCE_CLASSES, SOURCE_SHAPES
 
         check_fits(cfg.augmentation, SOURCE_SHAPES.get(cfg.source))
+        if cfg.normalization == "mammoth" and cfg.source not in MAMMOTH_CONSTANTS:
+            raise ConfigError("benchmark.normalization", f"'mammoth' has no constants for source '{cfg.source}'",
+                              f"'source', or a source of {', '.join(MAMMOTH_CONSTANTS)}")
         classes = SOURCE_CLASSES.get(cfg.source)
         if cfg.class_order is not None:
             if classes is not None and max(cfg.class_order, default=0) >= classes:
@@ -231,10 +237,11 @@ class SplitClasses(Benchmark):
         lookup[torch.tensor(cls)] = torch.arange(len(cls))
         tr_keep = lookup[d.train_y] >= 0
         te_keep = lookup[d.test_y] >= 0
-        pool = normalize(d.train_x[tr_keep], d.mean, d.std)
-        test = normalize(d.test_x[te_keep], d.mean, d.std)
+        mean, std = constants(self.cfg.source, self.cfg.normalization, d)
+        pool = normalize(d.train_x[tr_keep], mean, std)
+        test = normalize(d.test_x[te_keep], mean, std)
         train, val, test = self._splits(pool, lookup[d.train_y[tr_keep]], test, lookup[d.test_y[te_keep]])
-        return Task(t, len(cls), train, val, test, tuple(cls), d.mean, d.std)
+        return Task(t, len(cls), train, val, test, tuple(cls), mean, std)
 
 
 @dataclass

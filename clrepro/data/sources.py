@@ -227,6 +227,21 @@ def mnist(root: str, download: bool) -> SourceData:
 
 CIFAR_MEAN, CIFAR_STD = (0.5074, 0.4867, 0.4411), (0.2011, 0.1987, 0.2025)  # the reference's, for both CIFARs
 
+# Per-channel constants of the Mammoth protocols (DER, DER++, Flashback Learning: seq-cifar10 / seq-cifar100), one
+# pair per dataset, where CLArena's constants above serve both CIFARs. `benchmark.normalization=mammoth` uses them.
+MAMMOTH_CONSTANTS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2615)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+}
+NORMALIZATIONS = ("source", "mammoth")
+
+
+def constants(source: str, normalization: str, data: SourceData) -> tuple[tuple, tuple]:
+    """(mean, std) a benchmark normalises `source` with: the source's own, or the Mammoth protocol's."""
+    if normalization == "mammoth":
+        return MAMMOTH_CONSTANTS[source]
+    return data.mean, data.std
+
 
 @source("cifar100", "CIFAR-100 (50k/10k, 32x32x3) from torchvision's files in <root>/cifar-100-python/", 100,
         (3, 32, 32))
