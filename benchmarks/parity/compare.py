@@ -64,8 +64,8 @@ def pair_rows(peer: str, pair: dict, runs: Path, margin: float) -> list[dict]:
                            "undecided")  # undecided: neither shown within ±margin nor shown apart at these seeds
                 row.update(tost_p=round(t["p"], 4), verdict=verdict, power=round(t["power"], 2),
                            n_for_80=t["n_for_80"])
-                if verdict != "equivalent":
-                    row["cause"] = pair.get("explain", "").strip()
+                if pair.get("explain"):  # the cause of a row not shown equivalent, or what an equivalent one hides
+                    row["cause"] = " ".join(pair["explain"].split())
         if metric == pair["metrics"][0]:
             wa = [theirs[s]["wall_s"] for s in seeds if theirs[s].get("wall_s") is not None]
             wb = [mine[s]["wall_s"] for s in seeds if mine[s].get("wall_s") is not None]
@@ -122,7 +122,7 @@ def markdown(rows: list[dict], code_rows: list[dict], margin: float, envs: dict)
             "verdict", "power", "n_for_80", "peer_wall_s", "clrepro_wall_s", "speedup")) + " |")
     causes = [r for r in rows if r.get("cause")]
     if causes:
-        out += ["", "Rows not shown equivalent, and why:", ""]
+        out += ["", "Notes on the rows: why a row is not shown equivalent, or what an equivalent one hides:", ""]
         out += [f"- **{r['peer']}/{r['pair']}** ({r['verdict']}): {r['cause']}" for r in causes]
     if code_rows:
         out += ["", "Metric code on the same files (the peer's matrices scored by the peer and by clrepro):", "",
