@@ -134,8 +134,9 @@ def entry() -> None:
     import os
     import threading
 
-    code = main()
-    if _command(sys.argv[1:]) in FAST_EXIT and threading.active_count() == 1:
+    args = _parse(None)
+    code = _dispatch(args)
+    if getattr(args, "command", None) in FAST_EXIT and threading.active_count() == 1:
         import logging
 
         logging.shutdown()
@@ -145,16 +146,12 @@ def entry() -> None:
     sys.exit(code)
 
 
-def _command(argv: list[str]) -> str | None:
-    """The subcommand named in argv (the first word that is not an option or an option's value)."""
-    try:
-        return getattr(_parse(argv), "command", None)
-    except SystemExit:
-        return None
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = _parse(argv)
+    return _dispatch(_parse(argv))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command; its exit code (one line on stderr for a user error or a bug)."""
     if not getattr(args, "command", None):
         parser().print_help()
         return 0

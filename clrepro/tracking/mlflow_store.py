@@ -158,13 +158,12 @@ class MlflowStore:
                 exp = _retry(self.client.get_experiment_by_name, name)
                 if exp is None:
                     raise
-        if exp is not None:
-            if exp.lifecycle_stage == "deleted":
-                _retry(self.client.restore_experiment, exp.experiment_id)
-            self.experiment_id = exp.experiment_id
-            for k, v in tags.items():  # an experiment made before these tags, or a sweep file changed since
-                if exp.tags.get(k) != v:
-                    _retry(self.client.set_experiment_tag, exp.experiment_id, k, v)
+        if exp.lifecycle_stage == "deleted":
+            _retry(self.client.restore_experiment, exp.experiment_id)
+        self.experiment_id = exp.experiment_id
+        for k, v in tags.items():  # an experiment made before these tags, or a sweep file changed since
+            if exp.tags.get(k) != v:
+                _retry(self.client.set_experiment_tag, exp.experiment_id, k, v)
         return self.experiment_id
 
     def create_run(self, name: str, tags: dict[str, Any], parent: str | None = None) -> str:
