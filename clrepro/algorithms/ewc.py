@@ -111,10 +111,16 @@ class EWC(ParameterRegularization):
         # ∇CE alone, as the reference's autograd.grad: the Fisher must not see the penalty's gradient.
         grads = torch.autograd.grad(ce, params, allow_unused=True)
         self.accumulate_fisher(dict(zip(map(id, params), grads)), len(batch.y))
-        # Hand ∇CE to the engine's backward through a linear surrogate with CE's value (one backward a step);
-        # twice ∇CE when reproducing the released code's unzeroed double backward.
+        # Hand ∇CE to the engine's backward through a linear surrogate with CE's value (one backward a step).
         surrogate = sum(((p * g).sum() for p, g in zip(params, grads) if g is not None), ce.new_zeros(()))
-        loss = ce.detach() + (2.0 if self.cfg.cls_gradient_twice else 1.0) * (surrogate - surrogate.detach())
+        loss = ce.detach() + (surrogate - surrogate.detach())
+        if self.cfg.cls_gradient_twice:
+            # The released code's un-zeroed Fisher backward: .grad already holds ∇CE when the update's backward
+            # adds ∇CE + ∇penalty to it (the engine zeroes .grad before this hook), so the step uses
+            # ∇CE + (∇CE + ∇penalty), summed in that order as in CLArena 1.1.0.
+            for p, g in zip(params, grads):
+                if g is not None:
+                    p.grad = g.clone()
         if self.has_penalty():
             loss = loss + self.reg_strength * self.regularization_loss()
         return loss
