@@ -105,6 +105,37 @@ def test_fgadahat_adjustment_matches_the_formula(tiny):
     assert a[bb.fc[1].bias][7].item() == pytest.approx(1e-3 / (c2 * I2[7].item() + 1e-3), rel=1e-5)
 
 
+def test_attribution_measures_see_the_model_after_the_step(tiny, one_thread, monkeypatch):
+    """Captum's forward gates with the embeddings the optimizer step just updated (the reference re-runs its forward
+    after the step), while the step's importance is still multiplied by the training mask of the step itself."""
+    from clrepro.algorithms import fgadahat as fg
+    from clrepro.algorithms.base import Batch, Step
+
+    engine = Engine(tiny("hat_pmnist", "algorithm=fgadahat", "algorithm.importance_type=DL"))
+    algo = engine.algorithm
+    task = engine._task(1)
+    algo.setup_task(task, 4)
+    opt = torch.optim.Adam(algo.trainable_parameters(), lr=0.05)
+    step = Step(1, 0, 2, 4, 0)
+    algo.training_loss(Batch(task.train.x[:32], task.train.y[:32], 1), step).backward()
+    algo.after_backward(step)
+    opt.step()
+    seen = {}
+    real = fg._TaskForward.__init__
+
+    def spy(self, backbone, head, mask):
+        seen.update(mask)
+        real(self, backbone, head, mask)
+
+    monkeypatch.setattr(fg._TaskForward, "__init__", spy)
+    pre = {k: v.clone() for k, v in algo._train_mask.items()}
+    algo.after_optimizer_step(step)
+    post = {k: v.detach() for k, v in algo.masks.gate(algo._s).items()}
+    assert set(seen) == set(post)
+    assert all(torch.equal(seen[k], post[k]) for k in post)
+    assert any(not torch.equal(pre[k], post[k]) for k in post)  # the step moved the embeddings
+
+
 @pytest.mark.parametrize("measure", ["ICU", "II"])
 def test_fgadahat_accumulates_importance_over_tasks(tiny, measure):
     engine = Engine(tiny("hat_pmnist", "algorithm=fgadahat", f"algorithm.importance_type={measure}",

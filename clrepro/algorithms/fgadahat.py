@@ -150,7 +150,8 @@ class FGAdaHAT(AdaHAT):
         step_view = None
         if self.cfg.importance_type in imp.ATTRIBUTION:
             self.backbone.record_activations = False
-            model = _TaskForward(self.backbone, head, self._train_mask)
+            # The model after this step, as the reference attributes it: its mask re-gated from the updated embeddings.
+            model = _TaskForward(self.backbone, head, {l: m.detach() for l, m in self.masks.gate(self._s).items()})
             local_y = self._batch.y - self.heads.label_offset(self.task_id)  # the task head's own classes
             step_view = imp.StepView(self._batch.x, local_y, model)
             with torch.enable_grad():
