@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml ci/constraints.txt | sha1sum | cut -c1-12)
 CLREPRO := $(VENV)/bin/clrepro
 
-.PHONY: venv quickstart test docs lint bench tables parity clean
+.PHONY: venv quickstart test docs lint bench tables parity parity-lockstep clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,10 @@ bench: venv
 # Parity with CLArena and Avalanche on identical data (hours; not in CI): make parity [PAIR=clarena/hat]
 parity: venv
 	$(VENV)/bin/python benchmarks/parity/run.py $(if $(PAIR),--only $(PAIR)) $(if $(SEEDS),--seeds $(SEEDS))
+
+# The same pairs in lockstep: the peer replays clrepro's initial weights and batch order (CLArena; ~1 min a seed)
+parity-lockstep: venv
+	$(VENV)/bin/python benchmarks/parity/run.py --lockstep $(if $(PAIR),--only $(PAIR)) $(if $(SEEDS),--seeds $(SEEDS))
 
 clean:
 	rm -rf $(VENV) outputs site .pytest_cache ray_results mlartifacts mlflow.db

@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from pairs import load_pairs, resolve  # noqa: E402
+import lockstep_ledger  # noqa: E402
 from stats import tost, welch_p  # noqa: E402
 
 PRIMARY = ("AA", "AA_remaining")  # tested for equivalence at ±margin points
@@ -38,8 +39,9 @@ def _fmt(values) -> str:
     return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else (f"{v.mean():.2f}" if len(v) else "—")
 
 
-def pair_rows(peer: str, pair: dict, runs: Path, margin: float) -> list[dict]:
-    """One row per metric of the pair: both tools' values over the seeds both finished."""
+def pair_rows(peer: str, pair: dict, runs: Path, margin: float, lock: dict | None = None) -> list[dict]:
+    """One row per metric of the pair: both tools' values over the seeds both finished (`lock`: the pair's lockstep
+    summary, which decides a primary row the seeded test leaves undecided)."""
     base = runs / peer / pair["id"]
     mine, theirs = seed_records(base / "clrepro"), seed_records(base / peer)
     seeds = sorted(set(mine) & set(theirs) & set(pair["seed_list"]))
@@ -61,6 +63,8 @@ def pair_rows(peer: str, pair: dict, runs: Path, margin: float) -> list[dict]:
             if metric in PRIMARY:
                 t = tost(pa, pb, margin)
                 verdict = ("equivalent" if t["equivalent"] else "different" if row["welch_p"] < 0.05 else
+                           # the seeds show no difference, and from the same start and batches the tools agree
+                           "equivalent (lockstep)" if lock and lock["equivalent"] else
                            "undecided")  # undecided: neither shown within ±margin nor shown apart at these seeds
                 row.update(tost_p=round(t["p"], 4), verdict=verdict, power=round(t["power"], 2),
                            n_for_80=t["n_for_80"])
@@ -101,7 +105,7 @@ def metric_code_rows(peer: str, pair: dict, runs: Path) -> list[dict]:
             for k, v in diffs.items()]
 
 
-def markdown(rows: list[dict], code_rows: list[dict], margin: float, envs: dict) -> str:
+def markdown(rows: list[dict], code_rows: list[dict], margin: float, envs: dict, locks: dict | None = None) -> str:
     import datetime
 
     out = ["Produced by `make parity` (runners: `benchmarks/parity/{clrepro_runner,peers/<peer>_runner}.py`, one torch "
@@ -110,7 +114,10 @@ def markdown(rows: list[dict], code_rows: list[dict], margin: float, envs: dict)
            "seed ledger `results/seeds.jsonl` (the pairs list 20; a partial run compares what it has). Wall times come from runners sharing the machine with other work: compare them "
            "within a row, not across rows.", ""]
     out += [f"Equivalence: TOST (two one-sided Welch tests) at ±{margin:g} AA points, α = 0.05; power at a true "
-           "difference of 0 with the observed spreads; n_80 = seeds per side for 80 % power. Values are "
+           "difference of 0 with the observed spreads; n_80 = seeds per side for 80 % power. A row the seeds leave "
+           "undecided (no difference shown, none excluded) reads 'equivalent (lockstep)' when the lockstep runs below "
+           "decide it: the same start and batch order in both tools, a paired TOST on AA at the same margin, identical "
+           "inputs, and each tool's own initial draw from the same distribution. Values are "
            "percent, mean ± sample std over seeds; diff = clrepro − peer. s/run: median wall seconds of one seed's "
            "main run inside the runner process (imports and reference runs excluded).", ""]
     out.append("| peer | pair | metric | n | peer | clrepro | diff | Welch p | TOST p | verdict | power | n_80 "
@@ -120,6 +127,25 @@ def markdown(rows: list[dict], code_rows: list[dict], margin: float, envs: dict)
         out.append("| " + " | ".join(str(r.get(k, "")) for k in (
             "peer", "pair", "metric", "n_clrepro", "peer_value", "clrepro_value", "diff", "welch_p", "tost_p",
             "verdict", "power", "n_for_80", "peer_wall_s", "clrepro_wall_s", "speedup")) + " |")
+    if locks:
+        out += ["", "Lockstep runs (`make parity-lockstep`): the peer's own pipeline replays clrepro's initial weights "
+                "and batch order (benchmarks/parity/lockstep.py, peers/<peer>_lockstep.py), so seed noise is gone and "
+                "what is left is the two implementations' arithmetic. weights: the largest relative difference "
+                "(‖w_peer − w_clrepro‖/‖w_clrepro‖ per tensor) at the end of any epoch of any task; cells: the largest "
+                "accuracy-matrix difference in points; float-noise floor: the same measure for clrepro against itself when "
+                "every initial weight is scaled by 1 + 1e-7 (about one rounding), which training amplifies as it amplifies "
+                "any difference in the order of floating-point operations; 'at the float-noise floor' = weights within "
+                f"{lockstep_ledger.FLOOR_FACTOR:g}× of it; paired TOST at the same margin on the per-seed AA differences; "
+                "init KS: the smallest two-sample KS p of the peer's own initial draw against clrepro's, over every "
+                "tensor of every seed (Bonferroni-checked).", "",
+                "| peer | pair | seeds | result | weights | float-noise floor | cells | max abs ΔAA | paired TOST p | init KS min p |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for (peer, pid), lk in locks.items():
+            ks = "" if lk["init_ks_min"] is None else f"{lk['init_ks_min']:.3f} ({lk['init_ks_tests']} tests)"
+            tp = "" if lk["tost_p"] is None else f"{lk['tost_p']:.4f}"
+            fl = "" if lk.get("floor_weight_rel") is None else f"{lk['floor_weight_rel']:.1e}"
+            out.append(f"| {peer} | {pid} | {lk['n']} | {lk['status']} | {lk['max_weight_rel']:.1e} | {fl} | "
+                       f"{lk['max_cell_points']:.2f} | {lk['max_abs_aa_points']:.2f} | {tp} | {ks} |")
     causes = [r for r in rows if r.get("cause")]
     if causes:
         out += ["", "Notes on the rows: why a row is not shown equivalent, or what an equivalent one hides:", ""]
@@ -145,10 +171,17 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="peer/pair ids to include")
     ap.add_argument("--margin", type=float, default=1.0)
     ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--lockstep", type=Path, help="lockstep reports (<dir>/<peer>/<pair>/seed<k>/report.json); "
+                                                  "default: lockstep/ beside the runs folder, where it exists")
     args = ap.parse_args()
     import tempfile
 
     import ledger
+
+    lockdir = args.lockstep or (args.runs.parent / "lockstep")
+    lock_path = args.out / "lockstep.jsonl"
+    lock_book = lockstep_ledger.read(lock_path)
+    locks = {}
 
     book_path = args.out / "seeds.jsonl"
     book = ledger.read(book_path)
@@ -166,7 +199,11 @@ def main() -> None:
                 pair = resolve(pf, pid)
                 ledger.merge(book, args.runs, peer, pair)
                 ledger.materialize(book, peer, pair, merged)
-                rows += pair_rows(peer, pair, merged, args.margin)
+                lockstep_ledger.merge(lock_book, lockdir if lockdir.is_dir() else None, peer, pair)
+                lock = lockstep_ledger.summary(lock_book, peer, pair, args.margin)
+                if lock:
+                    locks[(peer, pid)] = lock
+                rows += pair_rows(peer, pair, merged, args.margin, lock)
                 code_rows += metric_code_rows(peer, pair, merged)
             # versions: this cache's runners where it has them, else the ones the ledger's seeds recorded
             for name, pattern in ((peer, f"*/{peer}/env.json"), ("clrepro", "*/clrepro/env.json")):
@@ -174,8 +211,9 @@ def main() -> None:
                 envs[name] = json.loads(found[0].read_text()) if found else previous_envs.get(name, {})
     args.out.mkdir(parents=True, exist_ok=True)
     ledger.write(book_path, book)
+    lockstep_ledger.write(lock_path, lock_book)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "parity.md").write_text(markdown(rows, code_rows, args.margin, envs))
+    (args.out / "parity.md").write_text(markdown(rows, code_rows, args.margin, envs, locks))
     keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
     with open(args.out / "parity.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)

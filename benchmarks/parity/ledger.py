@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 # Pair settings that do not change what a seed computes (which seeds, explanations, the peer's blocked note).
-_NOT_PROTOCOL = ("seeds", "seed_list", "reference_seeds", "reference_seed_list", "explain")
+_NOT_PROTOCOL = ("seeds", "seed_list", "reference_seeds", "reference_seed_list", "lockstep", "lockstep_seeds",
+                 "lockstep_seed_list", "explain")
 
 
 def pair_hash(pair: dict) -> str:

@@ -46,9 +46,11 @@ def canonical(algo, task_id: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def record(pair: dict, seed: int, out: Path, tasks: int | None, extra: list[str] = ()) -> Path:
+def record(pair: dict, seed: int, out: Path | None, tasks: int | None, extra: list[str] = (),
+           perturb: float = 0.0) -> Path | dict:
     """Run clrepro's side of `pair` with `seed` (plus `extra` overrides: a negative control) and write
-    <out>/clrepro.pt (what the peer replays)."""
+    <out>/clrepro.pt (what the peer replays); with out=None return the recording instead. `perturb`: every weight
+    is scaled by 1 + perturb before the first step (the float-noise control, see floor())."""
     from clrepro.config.load import load_experiment
     from clrepro.engine import loop as loop_mod
 
@@ -78,6 +80,10 @@ def record(pair: dict, seed: int, out: Path, tasks: int | None, extra: list[str]
 
     def fit(x, y, task_id, step_task, val_tasks):
         state["task"], state["n"] = step_task, len(y)
+        if perturb and not rec["tasks"]:
+            with torch.no_grad():
+                for p in engine.algorithm.parameters():
+                    p.mul_(1 + perturb)
         rec["tasks"][step_task] = {"init": canonical(engine.algorithm, step_task), "x": x.detach().cpu().clone(),
                                    "y": y.detach().cpu().clone(), "orders": [], "epoch_params": []}
         return real_fit(x, y, task_id, step_task, val_tasks)
@@ -93,10 +99,26 @@ def record(pair: dict, seed: int, out: Path, tasks: int | None, extra: list[str]
     finally:
         loop_mod.torch = torch
     rec["acc"] = torch.tensor(result.acc)
+    if out is None:
+        return rec
     out.mkdir(parents=True, exist_ok=True)
     path = out / "clrepro.pt"
     torch.save(rec, path)
     return path
+
+
+def divergence(a: dict, b: dict) -> dict[int, list[float]]:
+    """Per task, the largest relative weight difference between two recordings at the end of each epoch."""
+    return {t: [max(float((pa[n] - pb[n]).norm() / pb[n].norm().clamp_min(1e-12)) for n in pb)
+                for pa, pb in zip(a["tasks"][t]["epoch_params"], b["tasks"][t]["epoch_params"])] for t in b["tasks"]}
+
+
+def floor(pair: dict, seed: int, tasks: int | None, eps: float, base: dict) -> dict:
+    """The float-noise floor of a pair: clrepro against itself with every initial weight scaled by 1 + eps (about
+    one rounding), per task and epoch. A peer that differs from clrepro by no more than this differs by rounding."""
+    other = record(pair, seed, None, tasks, perturb=eps)
+    cells = float((other["acc"] - base["acc"]).abs().nan_to_num(0).max())
+    return {"perturb": eps, "epochs": divergence(other, base), "acc_max_abs_diff": cells}
 
 
 def main() -> None:
@@ -107,6 +129,8 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, help="train only the first N tasks (default: the pair's)")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--floor", type=float, metavar="EPS", help="also run the float-noise control: clrepro again "
+                    "from every initial weight × (1 + EPS), compared epoch by epoch (<out>/floor.json)")
     ap.add_argument("--control", action="append", default=[], metavar="KEY=VALUE",
                     help="an extra clrepro override the peer does not get: a negative control, whose report must "
                          "show differences (repeatable)")
@@ -115,9 +139,17 @@ def main() -> None:
     pair = resolve(args.pairs, args.pair)
     pair["clrepro"]["overrides"] = [*pair["clrepro"].get("overrides", []), f"trainer.threads={args.threads}"]
     path = record(pair, args.seed, args.out, args.tasks, args.control)
-    acc = torch.load(path)["acc"]
+    base = torch.load(path)
     print(f"lockstep: clrepro {args.pair} seed {args.seed} recorded in {path}; final row "
-          + " ".join(f"{v:.4f}" for v in acc[-1].tolist()))
+          + " ".join(f"{v:.4f}" for v in base["acc"][-1].tolist()))
+    if args.floor:
+        import json
+
+        f = floor(pair, args.seed, args.tasks, args.floor, base)
+        (args.out / "floor.json").write_text(json.dumps(f, indent=1))
+        for t, e in f["epochs"].items():
+            print(f"floor (weights × (1 + {args.floor:g})) task {t}: " + " ".join(f"{v:.1e}" for v in e))
+        print(f"floor: largest cell difference {f['acc_max_abs_diff']:.4f}")
 
 
 if __name__ == "__main__":

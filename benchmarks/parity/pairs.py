@@ -40,6 +40,8 @@ def resolve(path: str | Path, pair: str) -> dict:
     out["seed_list"] = _seeds(out.get("seeds", {"first": 1, "count": 5}))
     # The seeds that also get reference runs (FWT, FR); default: all of them.
     out["reference_seed_list"] = _seeds(out["reference_seeds"]) if "reference_seeds" in out else out["seed_list"]
+    # The seeds of the lockstep runs (make parity-lockstep); default: the first 5.
+    out["lockstep_seed_list"] = _seeds(out["lockstep_seeds"]) if "lockstep_seeds" in out else out["seed_list"][:5]
     return out
 
 

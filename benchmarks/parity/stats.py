@@ -45,3 +45,15 @@ def tost(a, b, margin: float, alpha: float = 0.05) -> dict:
     z = stats.norm.ppf(1 - alpha) + stats.norm.ppf(0.9)  # 80 % power at diff 0 needs margin/se >= z_a + z_0.1
     n80 = max(2, math.ceil(z ** 2 * sd2 / margin ** 2))
     return {"diff": d, "se": se, "p": p, "equivalent": p < alpha, "power": power, "n_for_80": n80}
+
+
+def paired_tost(d, margin: float, alpha: float = 0.05) -> dict:
+    """TOST on paired differences d (one per seed, same start and batches in both tools): |mean d| < margin."""
+    d = np.asarray(d, float)
+    n, m = len(d), float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else float("inf")
+    if se == 0:
+        p = 0.0 if abs(m) < margin else 1.0
+    else:
+        p = max(float(stats.t.sf((m + margin) / se, n - 1)), float(stats.t.cdf((m - margin) / se, n - 1)))
+    return {"diff": m, "se": se, "p": p, "equivalent": p < alpha}

@@ -139,7 +139,7 @@ def make_evaluator():
         return EvaluationPlugin(accuracy_metrics(experience=True), bwt_metrics(stream=True), loggers=[])
 
 
-def make_strategy(peer: dict, model, optimizer, epochs: int):
+def make_strategy(peer: dict, model, optimizer, epochs: int, plugins: list | None = None):
     import avalanche.training as at
     from torch.nn import CrossEntropyLoss
 
@@ -151,11 +151,12 @@ def make_strategy(peer: dict, model, optimizer, epochs: int):
     return getattr(at, STRATEGIES[name])(
         model=model, optimizer=optimizer, criterion=CrossEntropyLoss(), train_mb_size=int(t["batch_size"]),
         train_epochs=epochs, eval_mb_size=int(t.get("eval_batch_size", 1000)), device="cpu",
-        evaluator=make_evaluator(), eval_every=-1, **s)
+        evaluator=make_evaluator(), eval_every=-1, plugins=plugins, **s)
 
 
 # ----- one seed ----------------------------------------------------------------------------------------
-def run_seed(pair: dict, seed: int, data: Path, out: Path, epochs: int) -> dict:
+def run_seed(pair: dict, seed: int, data: Path, out: Path, epochs: int, plugins: list | None = None) -> dict:
+    """One seed (`plugins`: extra Avalanche plugins, the lockstep replay's)."""
     import numpy as np
     from avalanche.training.determinism.rng_manager import RNGManager
 
@@ -164,7 +165,7 @@ def run_seed(pair: dict, seed: int, data: Path, out: Path, epochs: int) -> dict:
     RNGManager.set_random_seeds(seed)
     bench = make_benchmark(peer["benchmark"], data)
     model = make_model(peer["model"])
-    strategy = make_strategy(peer, model, make_optimizer(peer["optimizer"], model), epochs)
+    strategy = make_strategy(peer, model, make_optimizer(peer["optimizer"], model), epochs, plugins)
     T = len(bench.train_stream)
     acc = np.full((T, T), np.nan)
     train_kw = {"drop_last": bool(peer["train"]["drop_last"]),
