@@ -32,8 +32,9 @@ class EWCConfig:
                                                         "batch size; for per-sample estimators only memory)")
     cls_gradient_twice: bool = hp(False, bug="CLArena 1.1.0 EWC", doc=(
         "reproduce the released CLArena 1.1.0 step for the `train` timing: its Fisher backward of CE is not zeroed "
-        "before the backward of the whole loss, so the update uses 2·∇CE + ∇penalty (under Adam about half the "
-        "penalty's weight); false: ∇CE + ∇penalty, as the reference's later autograd.grad code"))
+        "before the backward of the whole loss, so the update uses ∇CE + (∇CE + ∇penalty), summed in that order "
+        "(under Adam about half the penalty's weight); false: ∇CE + ∇penalty, as the reference's later "
+        "autograd.grad code"))
     fisher_order: str = hp("shuffled", choices=("shuffled", "by_class"),
                            doc="order of the train_end pass's batches for fisher=batch: shuffled (one pass of a "
                                "shuffled loader, reference); by_class: the data sorted by label (stable), as "
