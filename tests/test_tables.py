@@ -134,22 +134,68 @@ def test_sweep_selector_reads_the_final_group_of_the_latest_sweep(tmp_path):
     assert [s.seed for s in table.origins[0][0]] == [11, 12, 13]
 
 
-def test_ci_regeneration_fails_when_a_number_drifts():
+def _ci_compare():
     sys.path.insert(0, str(ROOT / "ci"))
     from regenerate_tables import compare
 
+    return compare
+
+
+def _with_cell(lines: list[str], i: int, **values) -> str:
+    """The expected CSV with line i's columns replaced (mean/std/n by name)."""
+    cols = lines[0].split(",")
+    row = lines[i].split(",")
+    for k, v in values.items():
+        row[cols.index(k)] = str(v)
+    return "\n".join([*lines[:i], ",".join(row), *lines[i + 1:]])
+
+
+def test_ci_regeneration_fails_when_a_number_drifts():
+    compare = _ci_compare()
     expected = (ROOT / "paper_tables" / "ci" / "expected" / "fg_adahat.csv").read_text()
-    assert compare("fg", expected, expected, 0.5) == []
     lines = expected.splitlines()
-    row = lines[1].split(",")
-    row[4] = f"{float(row[4]) + 0.3:.4f}"  # within what another machine can change
-    assert compare("fg", "\n".join([lines[0], ",".join(row), *lines[2:]]), expected, 0.5) == []
-    row[4] = f"{float(row[4]) + 1.0:.4f}"  # drift
-    problems = compare("fg", "\n".join([lines[0], ",".join(row), *lines[2:]]), expected, 0.5)
-    assert len(problems) == 1 and "mean drifted" in problems[0]
-    row = lines[1].split(",")
-    row[3] = "2"  # a seed lost
-    assert any("n is '2'" in p for p in compare("fg", "\n".join([lines[0], ",".join(row), *lines[2:]]), expected, 0.5))
+    assert compare("fg", expected, expected, 0.5) == ([], [])
+    mean = float(lines[1].split(",")[4])
+    assert compare("fg", _with_cell(lines, 1, mean=f"{mean + 0.3:.4f}"), expected, 0.5) == ([], [])
+    problems, notes = compare("fg", _with_cell(lines, 1, mean=f"{mean + 1.3:.4f}"), expected, 0.5)
+    assert len(problems) == 1 and "machine kind that wrote it" in problems[0] and notes == []
+    assert any("n is '2'" in p for p in compare("fg", _with_cell(lines, 1, n=2), expected, 0.5)[0])
+
+
+def test_on_another_machine_kind_a_cell_passes_only_as_seed_noise():
+    """Finetuning AA 36.29 ± 1.21 (n 5) expected: +1.3 is seed noise there, +5 (6.5 standard errors) is drift; a seed lost never passes."""
+    compare = _ci_compare()
+    expected = (ROOT / "paper_tables" / "ci" / "expected" / "fg_adahat.csv").read_text()
+    lines = expected.splitlines()
+    assert lines[1].startswith("Finetuning,pmnist_embedded,AA,5,36.2935,1.2097")
+    problems, notes = compare("fg", _with_cell(lines, 1, mean="37.5935"), expected, 0.5, same_machine=False)
+    assert problems == [] and len(notes) == 1 and "seed noise" in notes[0] and "36.2935 -> 37.5935" in notes[0]
+    problems, notes = compare("fg", _with_cell(lines, 1, mean="41.2935"), expected, 0.5, same_machine=False)
+    assert len(problems) == 1 and "beyond seed noise" in problems[0] and notes == []
+    # a std twice as large is within what 5 seeds can show; twenty times is not
+    assert compare("fg", _with_cell(lines, 1, std="2.4194"), expected, 0.5, same_machine=False)[0] == []
+    assert compare("fg", _with_cell(lines, 1, std="24.194"), expected, 0.5, same_machine=False)[0] != []
+    # HAT's BWT is 0 ± 0 in every seed: no spread to call noise, so ±0.5 holds on any machine
+    hat_bwt = next(i for i, ln in enumerate(lines) if ln.startswith("HAT,pmnist_embedded,BWT"))
+    problems, _ = compare("fg", _with_cell(lines, hat_bwt, mean="-1.0000"), expected, 0.5, same_machine=False)
+    assert len(problems) == 1 and "untestable" in problems[0]
+    assert compare("fg", _with_cell(lines, 1, n=4), expected, 0.5, same_machine=False)[0] != []
+
+
+def test_the_machine_kind_is_recorded_and_matched(tmp_path):
+    sys.path.insert(0, str(ROOT / "ci"))
+    import json
+
+    from regenerate_tables import machine_kind, same_machine_as
+
+    kind = machine_kind()
+    assert kind["torch_cpu_capability"] and kind["torch"] and kind["cpu_flags_sha1"]
+    f = tmp_path / "t.csv"
+    assert not same_machine_as(f)  # nothing recorded: another machine kind
+    (tmp_path / "t.machine.json").write_text(json.dumps(kind))
+    assert same_machine_as(f)
+    (tmp_path / "t.machine.json").write_text(json.dumps({**kind, "torch_cpu_capability": "NO AVX"}))
+    assert not same_machine_as(f)
 
 
 def test_gain_rows_are_per_seed_differences_and_dd_is_lower_is_better(tmp_path):
