@@ -62,6 +62,7 @@ def machine_kind() -> dict:
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     first = lambda key: next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith(key)), "")
     return {"cpu": first("model name") or platform.processor(), "arch": platform.machine(),
+            "cpu_family_model": f"{first('cpu family')}/{first('model' + chr(9))}",
             "cpu_flags_sha1": hashlib.sha1(" ".join(sorted(first("flags").split())).encode()).hexdigest()[:12],
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
 
