@@ -19,12 +19,12 @@ Markdown, LaTeX, CSV and a plot (CI uploads them).
 from __future__ import annotations
 
 import argparse
-import platform
 import csv
 import hashlib
 import io
 import json
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -62,7 +62,7 @@ def machine_kind() -> dict:
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     first = lambda key: next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith(key)), "")
     return {"cpu": first("model name") or platform.processor(), "arch": platform.machine(),
-            "cpu_family_model": f"{first('cpu family')}/{first('model' + chr(9))}",
+            "cpu_family_model": first("cpu family") + "/" + first("model\t"),
             "cpu_flags_sha1": hashlib.sha1(" ".join(sorted(first("flags").split())).encode()).hexdigest()[:12],
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
 
@@ -71,15 +71,14 @@ def _noise_p(kind: str, a: dict, b: dict) -> float | None:
     """p of 'both cells are draws of one seed distribution' (Welch on means, F on stds); None: untestable."""
     from scipy import stats
 
+    from clrepro.tables.aggregate import welch_p
+
     n1, n2 = int(a["n"] or 0), int(b["n"] or 0)
     if n1 < 2 or n2 < 2 or not a["std"] or not b["std"]:
         return None
     s1, s2 = float(a["std"]), float(b["std"])
     if kind == "mean":
-        if s1 == 0 and s2 == 0:
-            return None
-        return float(stats.ttest_ind_from_stats(float(a["mean"]), s1, n1, float(b["mean"]), s2, n2,
-                                                equal_var=False).pvalue)
+        return welch_p(float(a["mean"]), s1, n1, float(b["mean"]), s2, n2)
     if s1 == 0 or s2 == 0:
         return None
     f = (s1 / s2) ** 2
@@ -119,10 +118,10 @@ def compare(name: str, got: str, expected: str, atol: float, same_machine: bool 
     return problems, notes
 
 
-def same_machine_as(expected_file: Path) -> bool:
-    """Whether this machine is the kind that wrote `expected_file` (False when that was not recorded)."""
+def same_machine_as(expected_file: Path, kind: dict | None = None) -> bool:
+    """Whether this machine (`kind`, default machine_kind()) wrote `expected_file` (False when not recorded)."""
     side = expected_file.with_suffix(".machine.json")
-    return side.exists() and json.loads(side.read_text()) == machine_kind()
+    return side.exists() and json.loads(side.read_text()) == (kind or machine_kind())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     atol = float(os.environ.get("CLREPRO_TABLE_ATOL", "0.5"))
     alpha = float(os.environ.get("CLREPRO_TABLE_ALPHA", "0.05"))
     failures = []
+    here = machine_kind()
     with tempfile.TemporaryDirectory() as d:
         uri = f"sqlite:///{d}/mlflow.db"
         for path in tables:
@@ -152,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.update or not expected_file.exists():
                 EXPECTED.mkdir(parents=True, exist_ok=True)
                 expected_file.write_text(got)
-                expected_file.with_suffix(".machine.json").write_text(json.dumps(machine_kind(), indent=1) + "\n")
+                expected_file.with_suffix(".machine.json").write_text(json.dumps(here, indent=1) + "\n")
                 print(f"  wrote {expected_file.relative_to(ROOT)}")
                 continue
-            same = same_machine_as(expected_file)
+            same = same_machine_as(expected_file, here)
             problems, notes = compare(path.stem, got, expected_file.read_text(), atol, same, alpha)
             failures += problems
             for n in notes:

@@ -63,14 +63,19 @@ class Cell:
     def p_value(self) -> float | None:
         """Welch's t-test of reproduced vs published (needs n ≥ 2 on both sides and a published std)."""
         p = self.published
-        if p is None or p.std is None or not p.n or p.n < 2 or self.n < 2:
+        if p is None or p.std is None or not p.n:
             return None
-        from scipy.stats import ttest_ind_from_stats
+        return welch_p(self.mean, self.std, self.n, p.mean, p.std, p.n)
 
-        if self.std == 0 and p.std == 0:
-            return None
-        res = ttest_ind_from_stats(self.mean, self.std, self.n, p.mean, p.std, p.n, equal_var=False)
-        return float(res.pvalue) if math.isfinite(res.pvalue) else None
+
+def welch_p(m1: float, s1: float, n1: int, m2: float, s2: float, n2: int) -> float | None:
+    """Welch's t-test p from two samples' mean, std and n (None: n < 2 on a side, no spread, or not finite)."""
+    if n1 < 2 or n2 < 2 or (s1 == 0 and s2 == 0):
+        return None
+    from scipy.stats import ttest_ind_from_stats
+
+    res = ttest_ind_from_stats(m1, s1, n1, m2, s2, n2, equal_var=False)
+    return float(res.pvalue) if math.isfinite(res.pvalue) else None
 
 
 def read_published(path: str | Path, scale: float = 1.0) -> dict[tuple, Published]:
