@@ -124,6 +124,19 @@ def same_machine_as(expected_file: Path, kind: dict | None = None) -> bool:
     return side.exists() and json.loads(side.read_text()) == (kind or machine_kind())
 
 
+def _env_number(name: str, default: str, allowed: str, ok) -> float:
+    """A float from the environment, or one line naming the variable and what it allows (exit 2)."""
+    raw = os.environ.get(name, default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not ok(value):
+        print(f"error: ${name}={raw!r}: allowed: {allowed}", file=sys.stderr)
+        sys.exit(2)
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("tables", nargs="*", type=Path)
@@ -135,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     tables = [p.resolve() for p in args.tables] or sorted((ROOT / "paper_tables" / "ci").glob("*.yaml"))
-    atol = float(os.environ.get("CLREPRO_TABLE_ATOL", "0.5"))
-    alpha = float(os.environ.get("CLREPRO_TABLE_ALPHA", "0.05"))
+    atol = _env_number("CLREPRO_TABLE_ATOL", "0.5", "a number ≥ 0", lambda v: v >= 0)
+    alpha = _env_number("CLREPRO_TABLE_ALPHA", "0.05", "a number in (0, 1)", lambda v: 0 < v < 1)
     failures = []
     here = machine_kind()
     with tempfile.TemporaryDirectory() as d:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import os
 import sys
 from pathlib import Path
 
@@ -275,3 +276,14 @@ def test_every_shipped_table_names_experiments_and_sweeps_that_load(path):
     from clrepro.tables.produce import check_sources
 
     check_sources(load_table(path))
+
+
+@pytest.mark.parametrize("var,value", [("CLREPRO_TABLE_ALPHA", "abc"), ("CLREPRO_TABLE_ALPHA", "1.5"),
+                                       ("CLREPRO_TABLE_ALPHA", "0"), ("CLREPRO_TABLE_ATOL", "-1"),
+                                       ("CLREPRO_TABLE_ATOL", "nan")])
+def test_ci_regeneration_refuses_a_bad_tolerance_in_one_line_before_any_run(var, value, tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "ci" / "regenerate_tables.py")], capture_output=True, text=True,
+                       env={**os.environ, var: value}, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [f"error: ${var}={value!r}: allowed: "
+                                             + ("a number in (0, 1)" if var.endswith("ALPHA") else "a number ≥ 0")]
