@@ -30,6 +30,20 @@ def release_task_cache() -> None:
 
     _TASK_CACHE.clear()
     gc.collect()  # the engine's reference cycles still hold the tensors of the last task otherwise
+    return_freed_memory()
+
+
+def return_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc's malloc_trim): without it glibc keeps the freed tasks' pages,
+    and the plots that follow add their memory on top of training's peak instead of reusing it."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl): nothing to trim
+        pass
 
 
 def _nbytes(task: Task) -> int:
