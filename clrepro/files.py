@@ -79,12 +79,42 @@ def _yaml_loader():
     return UniqueKeyLoader
 
 
+def _expanded_size(data: Any, limit: int) -> int:
+    """How many values `data` holds once its YAML aliases are expanded (as Hydra and JSON expand them), counted
+    without expanding; stops counting past `limit`."""
+    sizes: dict[int, int] = {}
+
+    def size(v: Any) -> int:
+        if not isinstance(v, (dict, list)):
+            return 1
+        if id(v) in sizes:
+            return sizes[id(v)]
+        sizes[id(v)] = limit + 1  # a container that holds itself expands forever
+        items = list(v.items()) if isinstance(v, dict) else [(None, x) for x in v]
+        n = 1
+        for k, x in items:
+            n += size(k) + size(x)
+            if n > limit:
+                break
+        sizes[id(v)] = n
+        return n
+
+    return size(data)
+
+
 def parse_yaml(text: str, source: str) -> Any:
-    """YAML text → data; UserError naming `source`, with line and column, if it does not parse."""
+    """YAML text → data; UserError naming `source`, with line and column, if it does not parse, or if its
+    aliases expand it past MAX_YAML_VALUES (a "billion laughs" file)."""
     import yaml
 
+    from clrepro.limits import MAX_YAML_VALUES
+
     try:
-        return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
+        if "*" in text and _expanded_size(data, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+            raise UserError(f"{source}: its YAML aliases expand to more than {MAX_YAML_VALUES:,} values (at most "
+                            f"{MAX_YAML_VALUES:,})")
+        return data
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or (str(e).strip().splitlines() or ["syntax error"])[0]
@@ -110,6 +140,41 @@ def read_yaml(path: str | Path, what: str = "file", *, mapping: bool = True, emp
     return data
 
 
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """A JSON file's data with finite numbers only (no NaN, Infinity, 1e400 or integers beyond 64 bits);
+    UserError naming the file, with line and column, otherwise."""
+    import json
+    import math
+
+    from clrepro.limits import INT64_MAX, INT64_MIN
+
+    class Bad(ValueError):
+        pass
+
+    def number(text: str) -> float:
+        v = float(text)
+        if not math.isfinite(v):
+            raise Bad(f"number {text[:40]} is not finite")
+        return v
+
+    def integer(text: str) -> int:
+        if len(text) > 20 or not INT64_MIN <= int(text) <= INT64_MAX:
+            raise Bad(f"integer {text[:40]}... does not fit in 64 bits")
+        return int(text)
+
+    def constant(text: str):
+        raise Bad(f"{text} is not a finite number")
+
+    try:
+        return json.loads(read_text(path, what), parse_float=number, parse_int=integer, parse_constant=constant)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except Bad as e:
+        raise UserError(f"{path}: {e} (a {what} holds finite numbers only)") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid JSON (nested too deeply)") from None
+
+
 def read_csv(path: str | Path, what: str = "CSV file",
              short_rows: bool = False) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """(header, [(line number, cells)]) of a CSV file; every data row must have the header's width, the
@@ -119,7 +184,7 @@ def read_csv(path: str | Path, what: str = "CSV file",
     row of its acc.csv only up to the last task trained); a row with more fields is still an error."""
     text = read_text(path, what)
     try:
-        lines = [(n, row) for n, row in enumerate(csv.reader(io.StringIO(text), skipinitialspace=True), start=1)
+        lines = [(n, row) for n, row in enumerate(csv.reader(io.StringIO(text), skipinitialspace=True, strict=True), start=1)
                  if any(c.strip() for c in row)]
     except csv.Error as e:
         raise UserError(f"{path}: not a readable CSV ({e})") from None
@@ -146,7 +211,7 @@ def read_csv(path: str | Path, what: str = "CSV file",
 def check_output_dir(path: str | Path, flag: str = "--out", must_be_new: bool = True) -> Path:
     """A folder to write into, checked without creating anything: not a file, not inside a file, each name
     short enough, the nearest existing parent writable; with `must_be_new`, absent or an empty folder."""
-    from clrepro.limits import NAME_MAX, PATH_MAX
+    from clrepro.limits import MAX_PATH_DEPTH, NAME_MAX, PATH_MAX
 
     text = str(path)
     p = Path(path)
@@ -154,11 +219,20 @@ def check_output_dir(path: str | Path, flag: str = "--out", must_be_new: bool = 
         raise UserError(f"{flag} {path!r}: not a valid path")
     if len(os.fsencode(os.path.abspath(text))) > PATH_MAX:
         raise UserError(f"{flag} {text[:60]}...: path too long (at most {PATH_MAX} bytes)")
+    if len(p.parts) > MAX_PATH_DEPTH:
+        raise UserError(f"{flag} {text[:60]}...: {len(p.parts)} folders deep (at most {MAX_PATH_DEPTH})")
     for part in p.parts:
         if len(os.fsencode(part)) > NAME_MAX:
             raise UserError(f"{flag} {text[:60]}...: the name '{part[:40]}...' is too long for the file system "
                             f"(at most {NAME_MAX} bytes per name)")
-    if p.exists():
+    try:
+        exists = p.exists()
+    except OSError as e:  # a symlink loop, a component that is a file...
+        raise UserError(f"{flag} {p}: cannot use it ({e.strerror or e})") from None
+    if not exists and p.is_symlink():
+        raise UserError(f"{flag} {p}: is a symbolic link to nothing ({os.readlink(p)}); remove it or choose "
+                        "another folder")
+    if exists:
         if not p.is_dir():
             raise UserError(f"{flag} {p}: is an existing file, not a folder")
         if must_be_new and any(p.iterdir()):

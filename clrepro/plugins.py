@@ -78,6 +78,10 @@ def _exec_source(mod_name: str, text: bytes, filename: str, spec: str) -> types.
     except Exception as e:  # the user's code: report it as one line
         del sys.modules[mod_name]
         raise UserError(f"{spec}: plugin failed to import ({_first_line(e)})") from None
+    except SystemExit as e:  # sys.exit() in a plug-in's import must not end the command silently
+        del sys.modules[mod_name]
+        raise UserError(f"{spec}: plugin called sys.exit({e.code!r}) while being imported (a plug-in module may "
+                        "only define its Config and functions)") from None
     return module
 
 
@@ -179,6 +183,8 @@ def load_entry_points(names: list[str] | None = None) -> list[type]:
                 module = found[name].load()
             except Exception as e:
                 raise UserError(f"{key}: plugin failed to import ({_first_line(e)})") from None
+            except SystemExit as e:
+                raise UserError(f"{key}: plugin called sys.exit({e.code!r}) while being imported") from None
             if not isinstance(module, types.ModuleType):
                 raise UserError(f"{key}: the entry point must name a module, got {type(module).__name__}")
             _LOADED[key] = register_module(module, name, key)

@@ -29,7 +29,7 @@ def env_info(threads: int) -> dict:
 def run_seed(pair: dict, seed: int, out: Path, refs: Path) -> dict:
     """Main run + the references its metrics need (cached per reference config and seed); metrics.json."""
     from clrepro.config.load import load_experiment
-    from clrepro.engine.experiment import ReferenceCache, run_experiment, write_run_folder
+    from clrepro.engine.experiment import ReferenceCache, run_experiment
 
     c = pair["clrepro"]
     metrics = pair["metrics"] if seed in pair["reference_seed_list"] else [m for m in pair["metrics"]

@@ -101,6 +101,10 @@ class AmnesiacHAT(AdaHAT):
             raise ConfigError("algorithm.adjustment_mode", f"'{cfg.adjustment_mode}' is not a rule of "
                               f"architecture {cfg.architecture}", ARCHITECTURES[cfg.architecture])
 
+    @classmethod
+    def memory_bytes(cls, cfg, input_shape):
+        return {"algorithm.buffer_size": ReservoirBuffer.bytes_for(cfg.buffer_size, input_shape)}
+
     def __init__(self, backbone, heads, cfg: AmnesiacHATConfig, num_tasks: int) -> None:
         self.check_config(cfg, type(backbone))
         super().__init__(backbone, heads, cfg, num_tasks)

@@ -73,6 +73,16 @@ class CLAlgorithm(nn.Module):
     def check_config(cls, cfg, backbone_cls: type) -> None:
         """Cross-field checks at config time (raise ConfigError): a needed backbone, incompatible options."""
 
+    @classmethod
+    def memory_bytes(cls, cfg, input_shape: tuple[int, ...]) -> dict[str, int]:
+        """Memory the algorithm allocates beyond the model's training state, by the key that sizes it (a
+        replay buffer's capacity); checked against the device's memory before anything is allocated."""
+        return {}
+
+    @classmethod
+    def check_trainer(cls, cfg, trainer) -> None:
+        """Checks against the training budget (`trainer.epochs`, `trainer.iterations`) at config time."""
+
     def __init__(self, backbone: Backbone, heads: Heads, cfg, num_tasks: int) -> None:
         super().__init__()
         self.backbone, self.heads, self.cfg, self.num_tasks = backbone, heads, cfg, num_tasks

@@ -43,6 +43,14 @@ class ReservoirBuffer:
     def __len__(self) -> int:
         return self.size
 
+    @staticmethod
+    def bytes_for(capacity: int, input_shape: tuple[int, ...]) -> int:
+        """A lower bound of the memory `capacity` float32 inputs with their labels and task ids take."""
+        n = 1
+        for d in input_shape:
+            n *= d
+        return int(capacity) * (4 * n + 16)
+
     def _allocate(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:
         K, dev = self.capacity, x.device
         self.x = torch.zeros((K, *x.shape[1:]), dtype=x.dtype, device=dev)

@@ -134,6 +134,10 @@ class DER(CLAlgorithm):
     summary = "dark experience replay: MSE to logits stored in a reservoir buffer"
     student_stage: ClassVar[str] = "test"
 
+    @classmethod
+    def memory_bytes(cls, cfg, input_shape):
+        return {"algorithm.buffer_size": ReservoirBuffer.bytes_for(cfg.buffer_size, input_shape)}
+
     def __init__(self, backbone, heads, cfg: DERConfig, num_tasks: int) -> None:
         super().__init__(backbone, heads, cfg, num_tasks)
         self.task_end = cfg.buffer_policy == "class_balanced_task_end"

@@ -76,8 +76,10 @@ class FlashbackConfig:
     alpha_p: float = hp(1.0, low=0.0, symbol="α_p", doc="weight of the plasticity loss in phase 2")
     primary_fraction: float = hp(0.5, low=0.0, high=1.0, low_open=True,
                                  doc="share of the host's epoch budget given to phase 1 (same budget in total)")
-    epochs_primary: int | None = hp(None, low=1, doc="phase 1 epochs (--epoch_cl); overrides primary_fraction")
-    epochs_flashback: int | None = hp(None, low=1, doc="phase 2 epochs (--epoch_fl); overrides primary_fraction")
+    epochs_primary: int | None = hp(None, low=1, high=100_000,
+                                    doc="phase 1 epochs (--epoch_cl); overrides primary_fraction")
+    epochs_flashback: int | None = hp(None, low=1, high=100_000,
+                                      doc="phase 2 epochs (--epoch_fl); overrides primary_fraction")
     oewc_plasticity_name_bug: bool = hp(False, bug="FL", doc="reproduce the released code, whose oEWC plasticity term "
                                                              "never runs ('ewc_on' compared with 'fl_ewc_on')")
 
@@ -127,6 +129,20 @@ class Flashback(CLAlgorithm):
                 setattr(self.host, name, getattr(self, name))
         self.host.setup_task(task, num_batches)
         self._task = task
+
+    @classmethod
+    def check_trainer(cls, cfg: FlashbackConfig, trainer) -> None:
+        """Phase 1 and phase 2 share the host's budget, so it must split in two unless the phases are set."""
+        if cfg.epochs_primary is not None or cfg.epochs_flashback is not None:
+            return
+        if trainer.iterations is not None and trainer.iterations < 2:
+            raise ConfigError("trainer.iterations", f"Flashback splits each task's budget into two phases; "
+                              f"{trainer.iterations} step cannot be split (or set algorithm.epochs_primary/"
+                              "epochs_flashback)", "≥ 2")
+        if trainer.iterations is None and trainer.epochs < 2:
+            raise ConfigError("trainer.epochs", f"Flashback splits each task's budget into two phases; "
+                              f"{trainer.epochs} epoch cannot be split (or set algorithm.epochs_primary/"
+                              "epochs_flashback)", "≥ 2")
 
     def phases(self, task_id, epochs):
         if len(self.seen_tasks) <= 1:

@@ -156,11 +156,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         parser().print_help()
         return 0
     import importlib
-    import os
 
+    from clrepro.environment import check_environment, flag
     from clrepro.errors import UserError
 
     try:
+        check_environment()
         if getattr(args, "plugin", None):  # before the config is composed and validated
             from clrepro.plugins import load_plugin
             for spec in args.plugin:
@@ -173,8 +174,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug, not the user's input: still one line; the traceback on request
-        if os.environ.get("CLREPRO_DEBUG"):
+        if flag("CLREPRO_DEBUG"):
             raise
+        if isinstance(e, OSError) and e.filename is not None:  # a path the checks did not foresee
+            print(f"error: {str(e.filename)[:300]}: {e.strerror or e}", file=sys.stderr)
+            return 2
         print(f"error: unexpected {type(e).__name__}: {_one_line(e)} (a clrepro bug; CLREPRO_DEBUG=1 shows the "
               "traceback)", file=sys.stderr)
         return 1

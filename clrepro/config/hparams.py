@@ -9,7 +9,7 @@ import typing
 from typing import Any, Callable, Iterable
 
 from clrepro.errors import ConfigError
-from clrepro.limits import INT64_MAX, INT64_MIN
+from clrepro.limits import FLOAT32_MAX, FLOAT32_TINY, INT64_MAX, INT64_MIN
 
 _RESERVED = ("name", "_target_")
 
@@ -66,6 +66,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         kt, vt = typing.get_args(tp) or (Any, Any)
         return {k: _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
+        return value
+    if tp in (dict, list):  # a bare container type: the shape is still checked
+        if not isinstance(value, tp):
+            raise ConfigError(key, f"expected {'a mapping' if tp is dict else 'a list'}, got {_short(value)}")
         return value
     if dataclasses.is_dataclass(tp):
         return build(tp, value, key, extra_ok=())
@@ -138,7 +142,11 @@ def _check_range(value: Any, meta: dict, key: str) -> None:
                 if v in seen:
                     raise ConfigError(key, f"repeats {v!r}", "distinct values")
                 seen.append(v)
-    items = value if isinstance(value, list) else [value]
+    if isinstance(value, dict):  # a typed mapping's values meet its range; a raw section is built on its own
+        ranged = any(meta.get(k) is not None for k in ("low", "high", "choices"))
+        items = list(value.values()) if ranged else []
+    else:
+        items = value if isinstance(value, list) else [value]
     for v in items:
         if choices is not None and v not in choices:
             raise ConfigError(key, f"{_short(v)} is not allowed", choices)
@@ -148,6 +156,12 @@ def _check_range(value: Any, meta: dict, key: str) -> None:
             too_high = high is not None and (v >= high if meta.get("high_open") else v > high)
             if too_low or too_high:
                 raise ConfigError(key, f"{_short(v)} is out of range", _interval(meta))
+        if isinstance(v, float) and abs(v) > FLOAT32_MAX:  # float hyperparameters meet float32 (and bf16) tensors
+            raise ConfigError(key, f"{_short(v)} is too large for a float32 tensor",
+                              f"[-{FLOAT32_MAX:.4g}, {FLOAT32_MAX:.4g}]")
+        if isinstance(v, float) and 0 < abs(v) < FLOAT32_TINY:  # float32 flushes it to 0 or a subnormal
+            raise ConfigError(key, f"{_short(v)} is too small for a float32 tensor",
+                              f"0 or a magnitude of at least {FLOAT32_TINY:.4g}")
     check = meta.get("check")
     if check is not None:
         problem = check(value)
@@ -169,11 +183,12 @@ def build(schema: type, node: dict | None, prefix: str, extra_ok: Iterable[str] 
     kwargs = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}"
+        tp = hints[name]
         if name not in node:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(key, "missing")
+            _check_default(schema, f, tp, key)
             continue
-        tp = hints[name]
         if dataclasses.is_dataclass(tp):
             kwargs[name] = build(tp, node[name], key, extra_ok=())
             continue
@@ -181,6 +196,17 @@ def build(schema: type, node: dict | None, prefix: str, extra_ok: Iterable[str] 
         _check_range(value, f.metadata, key)
         kwargs[name] = value
     return schema(**kwargs)
+
+
+def _check_default(schema: type, f: dataclasses.Field, tp: Any, key: str) -> None:
+    """A field's own default meets its declaration too (a plug-in's Config is checked before training)."""
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if dataclasses.is_dataclass(value) or dataclasses.is_dataclass(tp):
+        return
+    try:
+        _check_range(_coerce(value, tp, key), f.metadata, key)
+    except ConfigError as e:
+        raise ConfigError(key, f"the default of {schema.__qualname__}.{f.name}: {e.problem}", e.allowed) from None
 
 
 def read_mapping(path, what: str) -> dict:

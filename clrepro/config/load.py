@@ -22,7 +22,11 @@ from clrepro.registry import ALGORITHMS, BACKBONES, BENCHMARKS
 def config_dir() -> Path:
     """The Hydra config tree: $CLREPRO_CONFIG_DIR, else the repository's `configs/`."""
     env = os.environ.get("CLREPRO_CONFIG_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
+    if env:
+        from clrepro.environment import folder
+
+        return folder("CLREPRO_CONFIG_DIR", env)  # absolute: Hydra's initialize_config_dir needs that
+    return Path(__file__).resolve().parents[2] / "configs"
 
 
 def _checked_config_dir() -> Path:
@@ -36,7 +40,20 @@ def _checked_config_dir() -> Path:
 def experiment_names() -> list[str]:
     """Experiment config names, sub-folders included (`fgadahat_paper/icu_pmnist20`)."""
     root = config_dir() / "experiment"
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if p.is_file())
+
+
+def check_config_files(cdir: Path, parse_all: bool = False) -> None:
+    """Every YAML file of the config tree, read where one line can name it: a file with YAML anchors is parsed
+    (an alias bomb in a group file is refused before Hydra expands it); with `parse_all`, every file is (to
+    name the broken one, with its line, when a composition failed)."""
+    from clrepro.files import parse_yaml, read_bytes, read_text
+
+    for f in sorted(cdir.rglob("*.yaml")):
+        if not f.is_file():
+            raise UserError(f"{f}: config file is not a regular file")
+        if parse_all or b"&" in read_bytes(f, "config file"):
+            parse_yaml(read_text(f, "config file"), str(f))
 
 
 USER_NAME = "__clrepro_user__"  # the name a user's file is composed under: never a shipped experiment's
@@ -109,8 +126,9 @@ def compose(experiment: str, overrides: list[str] = ()) -> tuple[dict, str]:
         raise ConfigError("overrides", f"{bad[0]!r} is not a key=value override", None, experiment)
     try:
         if is_file:
-            if not path.exists():
-                raise UserError(f"{experiment}: experiment file not found")
+            from clrepro.files import read_bytes
+
+            read_bytes(path, "experiment file")  # missing, a folder, a name too long...: one line, nothing made
             extra_dir = Path(tempfile.mkdtemp(prefix="clrepro-exp-"))
             hydra_name = _user_copy(path, extra_dir)
             name, source = _safe_stem(path.stem), str(path)
@@ -120,16 +138,21 @@ def compose(experiment: str, overrides: list[str] = ()) -> tuple[dict, str]:
                                   _relative(cdir / "experiment") + "/")
             hydra_name, source = experiment, _relative(cdir / "experiment" / f"{experiment}.yaml")
             name = experiment
+            from clrepro.files import read_yaml
+
+            read_yaml(cdir / "experiment" / f"{experiment}.yaml", "experiment file", empty_ok=True)  # one line
         hydra_overrides = [f"+experiment={hydra_name}", *overrides]
         if extra_dir is not None:
             hydra_overrides.insert(0, f"hydra.searchpath=[file://{extra_dir}]")
         try:
+            check_config_files(cdir)
             with initialize_config_dir(config_dir=str(cdir), version_base="1.3"):
                 cfg = hydra_compose(config_name="config", overrides=hydra_overrides)
             raw = OmegaConf.to_container(cfg, resolve=True)
         except UserError:
             raise
         except Exception as e:  # Hydra, OmegaConf, YAML and I/O errors of the composition: one line
+            check_config_files(cdir, parse_all=True)  # a broken file of the tree: named, with its line
             raise _hydra_error(e, source, extra_dir, str(path) if extra_dir else None) from None
     finally:
         if extra_dir is not None:
@@ -178,6 +201,7 @@ def components(cfg: ExperimentConfig) -> Components:
     if hasattr(bm, "check_config"):
         bm.check_config(comp.benchmark_cfg)
     al.check_config(comp.algorithm_cfg, bb)
+    al.check_trainer(comp.algorithm_cfg, cfg.trainer)
     from clrepro.engine.unlearning import UnlearningPlan
 
     UnlearningPlan.from_config(cfg.unlearning, comp.benchmark_cfg.num_tasks)  # requests and ages, always

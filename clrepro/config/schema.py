@@ -64,7 +64,7 @@ class TrainerConfig:
 class OptimizerConfig:
     name: str = hp("adam", choices=("adam", "sgd"), doc="a fresh optimizer per task (docs/algorithms/index.md)")
     lr: float = hp(1e-3, low=0.0, low_open=True, symbol="lr")
-    eps: float = hp(1e-8, low=0.0, doc="Adam eps; part of AdaHAT's method (B3)")
+    eps: float = hp(1e-8, low=0.0, low_open=True, doc="Adam eps; part of AdaHAT's method (B3)")
     betas: list[float] = hp([0.9, 0.999], low=0.0, high=1.0, high_open=True, length=2,
                             doc="Adam betas (beta1, beta2), each in [0, 1)")
     weight_decay: float = hp(0.0, low=0.0)

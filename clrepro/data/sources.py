@@ -105,7 +105,11 @@ def mnist_embedded_paper_size(root: str | None = None, download: bool = False) -
 
 
 def _data_root(root: str | None) -> str:
-    return str(Path(root or os.environ.get("CLREPRO_DATA") or "~/.cache/clrepro/data").expanduser())
+    from clrepro.environment import folder
+
+    if root:
+        return str(folder("benchmark.root", root))
+    return str(folder("CLREPRO_DATA", os.environ.get("CLREPRO_DATA") or "~/.cache/clrepro/data"))
 
 
 def _per_folder(fn):

@@ -16,6 +16,7 @@ from clrepro.config.schema import ExperimentConfig
 from clrepro.data.augment import for_benchmark
 from clrepro.data.task import Split, Task
 from clrepro.engine.result import RunResult
+from clrepro.engine.memory import check_memory
 from clrepro.engine.runtime import make_runtime, seed_everything
 from clrepro.engine.unlearning import UnlearningPlan
 
@@ -55,6 +56,7 @@ class Engine:
         self.benchmark.check_data()  # a missing or corrupt data file: one line, before training
         self.augment = for_benchmark(self.benchmark, self.seed)  # train-time augmentation; None when off
         self.num_tasks = self.benchmark.num_tasks
+        check_memory(comp, self.benchmark.input_shape(), self.device)  # before anything is allocated
         backbone = comp.backbone_cls(self.benchmark.input_shape(), comp.backbone_cfg)
         heads = Heads(cfg.scenario, backbone.output_dim)
         self.algorithm: CLAlgorithm = comp.algorithm_cls(backbone, heads, comp.algorithm_cfg, self.num_tasks)

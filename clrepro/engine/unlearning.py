@@ -5,18 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clrepro.errors import ConfigError
+from clrepro.limits import INT64_MAX, INT64_MIN
 
 
 def _int(v, key: str) -> int:
+    """An integer from an int, an integral float or their text; ConfigError otherwise (huge ones included)."""
     try:
         if isinstance(v, bool):
             raise ValueError
-        f = float(v)
-        if not f.is_integer():
-            raise ValueError
-        return int(f)
-    except (TypeError, ValueError):
-        raise ConfigError(key, f"expected a task id (an integer), got {v!r}") from None
+        if isinstance(v, int):
+            n = v
+        else:
+            f = float(v)
+            if not f.is_integer():
+                raise ValueError
+            n = int(f)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(key, f"expected a task id (an integer), got {str(v)[:40]!r}") from None
+    if not INT64_MIN <= n <= INT64_MAX:
+        raise ConfigError(key, f"{str(n)[:40]}... does not fit in a 64-bit integer")
+    return n
 
 
 @dataclass

@@ -18,7 +18,7 @@ from clrepro.files import read_csv
 from clrepro.limits import MAX_TASKS
 
 ROW_COL, AVG_COL = "after_training_task", "average_accuracy"
-_TASK_COL = re.compile(r"^test_on_task_(\d+)$")
+_TASK_COL = re.compile(r"^test_on_task_([1-9][0-9]*)$", re.ASCII)  # 1, 2, ...: no 0, no 01, no other digits
 
 
 def _task_col(t: int) -> str:
@@ -128,7 +128,7 @@ def read_acc_matrix(path) -> np.ndarray:
     seen: dict[int, int] = {}
     for line, cells in rows:
         text = cells[ri]
-        n = int(text.split(".")[0]) if re.fullmatch(r"\d{1,6}(\.0*)?", text) else 0
+        n = int(text.split(".")[0]) if re.fullmatch(r"\d{1,6}(\.0*)?", text, re.ASCII) else 0
         if not 1 <= n <= T:
             raise UserError(f"{path}: line {line}: {ROW_COL} must be a task number in 1..{T} (the task columns), "
                             f"got {text[:40]!r}")
@@ -136,7 +136,7 @@ def read_acc_matrix(path) -> np.ndarray:
             raise UserError(f"{path}: column {ROW_COL} repeats a task number ({n}, lines {seen[n]} and {line})")
         seen[n] = line
         if AVG_COL in header:
-            _cell(path, line, AVG_COL, cells[header.index(AVG_COL)])
+            _accuracy(path, line, AVG_COL, cells[header.index(AVG_COL)])
         for t, ci in tasks.items():
             v = _accuracy(path, line, header[ci], cells[ci])
             if t <= n and np.isnan(v):
@@ -156,7 +156,7 @@ def read_joint_row(path) -> np.ndarray:
         raise UserError(f"{path}: a joint acc.csv must have exactly one data row, found {len(rows)}")
     line, cells = rows[0]
     if AVG_COL in header:
-        _cell(path, line, AVG_COL, cells[header.index(AVG_COL)])
+        _accuracy(path, line, AVG_COL, cells[header.index(AVG_COL)])
     row = np.full(max(tasks), np.nan)
     for t, ci in tasks.items():
         v = _accuracy(path, line, header[ci], cells[ci])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,12 +121,9 @@ def read_folders(pattern: str) -> list[SeedValues]:
 
 
 def _json_mapping(path: Path) -> dict:
-    from clrepro.files import read_text
+    from clrepro.files import read_json
 
-    try:
-        data = json.loads(read_text(path, "JSON file"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    data = read_json(path, "JSON file")
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object")
     return data
