@@ -73,7 +73,25 @@ FILES = {
     "pyobj.yaml": "seed: !!python/object/apply:os.system ['echo hi']\n",
     "tabs.yaml": "trainer:\n\tepochs: 3\n",
     "badrun/metrics.json": "{not json",
+    # aliases that expand a 400-byte file to 10**5 values (a billion-laughs file, five levels of x10)
+    "bomb.yaml": "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{b}: &{b} [{', '.join(['*' + a] * 10)}]\n" for a, b in zip("abcd", "bcde")) + "seed: 3\n",
+    "task0.csv": "after_training_task,average_accuracy,test_on_task_0,test_on_task_1\n1,0.9,0.9,0.9\n",
+    "task01.csv": "after_training_task,average_accuracy,test_on_task_1,test_on_task_01\n1,0.9,0.9,0.1\n",
+    "digit.csv": "after_training_task,average_accuracy,test_on_task_\u0661\n1,0.9,0.9\n",
+    "negavg.csv": f"{ACC_HEADER}\n1,-5,0.9,\n2,0.8,0.7,0.9\n",
+    "quote.csv": f"{ACC_HEADER}\n1,0.9,\"0.9,\n",
+    "nolast.csv": f"{ACC_HEADER}\n1,0.9,0.9,\n",
+    "pyexit.py": "import sys\nsys.exit(0)\n",
+    "baddefault.py": ("from dataclasses import dataclass\nfrom clrepro.config.hparams import hp\n"
+                      "@dataclass\nclass Config:\n    reg_strength: float = hp('abc')\n"
+                      "def estimate_importance(model, batches, cfg):\n    return {}\n"
+                      "def compute_regularization_loss(model, state, cfg):\n    return 0.0\n"),
+    "infrun/metrics.json": '{"AA": Infinity}',
+    "bigrun/metrics.json": '{"AA": 1' + "0" * 400 + "}",
+    "deeprun/metrics.json": "[" * 100_000 + "]" * 100_000,
 }
+LINKS = {"dangling": "nowhere", "loop": "loop"}  # symbolic links made in the working folder: {name: target}
 
 
 def sweep(**changes) -> dict:
@@ -129,6 +147,10 @@ SPECS = {  # YAML files written per case: {name: mapping}
     "t_bad_folder.yaml": table(rows=[{"label": "HAT", "runs": {"pmnist": {"folders": "badrun"}}}]),
     "s_experiment.yaml": sweep(experiment={"name": "nope"}),
     "ok_table.yaml": table(),
+    "t_pub_n.yaml": table(published_n={"pmnist": 1}),
+    "t_inf.yaml": table(rows=[{"label": "HAT", "runs": {"pmnist": {"folders": "infrun"}}}]),
+    "t_bigint.yaml": table(rows=[{"label": "HAT", "runs": {"pmnist": {"folders": "bigrun"}}}]),
+    "t_deep.yaml": table(rows=[{"label": "HAT", "runs": {"pmnist": {"folders": "deeprun"}}}]),
 }
 
 # (id, argv, expected text in the message); {free} is replaced by a free port, {dead} by a dead server URI
@@ -203,6 +225,45 @@ CASES = [
     ("run-override-unknown", ["run", "hat_pmnist", *TINY, "foo=1"], "foo"),
     ("run-plugin-binary", ["run", "--plugin", "plugin.py", "hat_pmnist", *TINY], "plugin.py: plugin failed to import"),
     ("run-config-dir", ["run", "hat_pmnist"], "not a clrepro config folder"),  # with CLREPRO_CONFIG_DIR=/nonexistent
+    # run: what float32 tensors, memory and the file system cannot hold, refused before training
+    ("run-lr-f32", ["run", "hat_pmnist", *TINY, "optimizer.lr=1e39"], "optimizer.lr: 1e+39 is too large for a float32"),
+    ("run-wd-f32", ["run", "hat_pmnist", *TINY, "optimizer.weight_decay=1e300"], "too large for a float32 tensor"),
+    ("run-ewc-f32", ["run", "finetuning_pmnist", *TINY, "algorithm=ewc",
+                     "algorithm.parameter_change_reg_factor=1e308"], "algorithm.parameter_change_reg_factor: 1e+308"),
+    ("run-temp-tiny", ["run", "lwf_pmnist", *TINY, "algorithm.distillation_reg_temperature=1e-300"],
+     "1e-300 is too small for a float32 tensor"),
+    ("run-eps-0", ["run", "hat_pmnist", *TINY, "optimizer.eps=0"], "optimizer.eps: 0.0 is out of range (allowed: (0.0"),
+    ("run-hidden-memory", ["run", "finetuning_pmnist", *TINY, "backbone.hidden=[1048576,1048576]"],
+     "backbone: 'mlp' has 1,099,"),
+    ("run-buffer-memory", ["run", "der_pmnist", *TINY, "algorithm.buffer_size=100000000000"],
+     "algorithm.buffer_size: needs at least"),
+    ("run-bomb", ["run", "bomb.yaml", *TINY], "bomb.yaml: its YAML aliases expand to more than 10,000 values"),
+    ("run-name-too-long", ["run", "x" * 300 + ".yaml"], "cannot read experiment file (File name too long)"),
+    ("run-out-dangling", ["run", "hat_pmnist", *TINY, "--out", "dangling"], "--out dangling: is a symbolic link to "
+     "nothing"),
+    ("run-out-loop", ["run", "hat_pmnist", *TINY, "--out", "loop/x"], "--out loop/x: cannot"),
+    ("run-out-deep", ["run", "hat_pmnist", *TINY, "--out", "d/" * 1100], "1100 folders deep (at most 128)"),
+    # run: cross-field checks that used to come after task 1
+    ("run-fl-epochs", ["run", "flashback/pmnist_embedded", *TINY], "trainer.epochs: Flashback splits each task's"),
+    ("run-fl-iterations", ["run", "flashback/pmnist_embedded", *TINY, "trainer.epochs=2", "trainer.iterations=1"],
+     "trainer.iterations: Flashback splits"),
+    ("run-fl-host", ["run", "flashback/pmnist_embedded", *TINY, "trainer.epochs=2", "algorithm.host=online_ewc"],
+     "algorithm.host: expected a mapping, got 'online_ewc'"),
+    ("run-fl-primary", ["run", "flashback/pmnist_embedded", *TINY, "algorithm.epochs_primary=1000000000000000000"],
+     "algorithm.epochs_primary: 1000000000000000000 is out of range (allowed: [1, 100000])"),
+    ("run-age-huge", ["run", "unlearning/baseline_pmnist5", *TINY, "unlearning.unlearnable_age=1" + "0" * 400,
+                      "unlearning.requests={2: [1]}"], "unlearning.unlearnable_age: 1000"),
+    ("run-request-id-huge", ["run", "unlearning/baseline_pmnist5", *TINY, "unlearning.requests={2: [1" + "0" * 400 +
+                             "]}"], "does not fit in a 64-bit integer"),
+    ("run-plugin-exit", ["run", "--plugin", "pyexit.py", "hat_pmnist", *TINY], "pyexit.py: plugin called sys.exit(0)"),
+    ("run-plugin-default", ["run", "--plugin", "baddefault.py", "finetuning_pmnist", *TINY,
+                            "algorithm.name=baddefault"], "the default of Config.reg_strength: expected a number"),
+    # the environment
+    ("env-debug", ["list", "algorithms"], "CLREPRO_DEBUG='maybe': not a boolean"),
+    ("env-data-user", ["run", "hat_pmnist", *TINY], "CLREPRO_DATA=~nouser_zz/d: cannot expand '~nouser_zz'"),
+    ("env-data-long", ["run", "hat_pmnist", *TINY], "path too long for the file system"),
+    ("env-plot-scale", ["run", "hat_pmnist", *TINY], "CLREPRO_PLOT_SCALE='log': not a plot scale (allowed: data"),
+    ("env-config-file", ["list", "experiments"], "CLREPRO_CONFIG_DIR=note.txt: is a file, not a folder"),
     # sweep
     ("sweep-yaml", ["sweep", "bad.yaml"], "bad.yaml: not valid YAML"),
     ("sweep-binary", ["sweep", "binary.yaml"], "binary.yaml: sweep file is a binary file"),
@@ -251,6 +312,11 @@ CASES = [
     ("table-out-file", ["table", "ok_table.yaml", "--out", "note.txt"], "--out note.txt: is an existing file"),
     ("table-no-columns", ["table", "t_no_columns.yaml"], "columns: is empty"),
     ("table-bad-folder", ["table", "t_bad_folder.yaml"], "badrun/metrics.json: not valid JSON"),
+    ("table-published-n", ["table", "t_pub_n.yaml"], "published_n.pmnist: 1 is out of range"),
+    ("table-infinity", ["table", "t_inf.yaml"], "infrun/metrics.json: Infinity is not a finite number"),
+    ("table-bigint", ["table", "t_bigint.yaml"], "does not fit in 64 bits"),
+    ("table-deep-json", ["table", "t_deep.yaml"], "deeprun/metrics.json: not valid JSON (nested too deeply)"),
+    ("table-out-dangling", ["table", "ok_table.yaml", "--out", "dangling"], "--out dangling: is a symbolic link"),
     # metrics
     ("metrics-nan", ["metrics", "nan.csv"], "nan.csv: value 'nan' in column test_on_task_1, line 2"),
     ("metrics-inf", ["metrics", "inf.csv"], "is not a finite number"),
@@ -271,6 +337,13 @@ CASES = [
     ("metrics-joint-gap", ["metrics", "acc2.csv", "--joint", "jointgap.csv"], "the joint row has no value"),
     ("metrics-shape", ["metrics", "acc2.csv", "--independent", "acc3.csv"], "acc3.csv: --independent has 3 tasks"),
     ("metrics-variant", ["metrics", "acc2.csv", "--fr-variant", "bogus"], "invalid choice: 'bogus'"),
+    ("metrics-task0", ["metrics", "task0.csv"], "unexpected column 'test_on_task_0'"),
+    ("metrics-task01", ["metrics", "task01.csv"], "unexpected column 'test_on_task_01'"),
+    ("metrics-digit", ["metrics", "digit.csv"], "unexpected column 'test_on_task_\u0661'"),
+    ("metrics-negative-avg", ["metrics", "negavg.csv"], "column average_accuracy, line 2 has a value outside [0, 1]"),
+    ("metrics-quote", ["metrics", "quote.csv"], "quote.csv: not a readable CSV (unexpected end of data)"),
+    ("metrics-no-last-row", ["metrics", "nolast.csv"], "no row for after_training_task 2, the last task"),
+    ("metrics-joint-empty", ["metrics", "acc2.csv", "--joint", ""], "--joint '': not a path"),
     # list
     ("list-section", ["list", "nope"], "invalid choice: 'nope'"),
     ("list-extra", ["list", "algorithms", "extra"], "unrecognized arguments: extra"),
@@ -289,8 +362,11 @@ CASES = [
     ("ui-port-busy", ["ui", "--tracking-uri", "sqlite:///m.db", "--port", "{busy}"], "cannot listen there"),
 ]
 NO_CONFIG_DIR = {"run-config-dir", "list-config-dir"}
+ENV = {"env-debug": {"CLREPRO_DEBUG": "maybe"}, "env-data-user": {"CLREPRO_DATA": "~nouser_zz/d"},
+       "env-data-long": {"CLREPRO_DATA": "x" * 300}, "env-plot-scale": {"CLREPRO_PLOT_SCALE": "log"},
+       "env-config-file": {"CLREPRO_CONFIG_DIR": "note.txt"}}
 # The representative subset that also runs as real subprocesses (one per class and command).
-SUBPROCESS = ["run-yaml", "run-shadow", "run-lr-inf", "run-devices-abc", "run-ref-tasks", "run-name-up",
+SUBPROCESS = ["run-bomb", "run-plugin-exit", "env-data-user", "run-hidden-memory", "run-yaml", "run-shadow", "run-lr-inf", "run-devices-abc", "run-ref-tasks", "run-name-up",
               "run-class-dup", "run-out-file", "sweep-late-choice", "sweep-uri", "table-pub-binary", "metrics-missing",
               "list-section", "ui-uri"]
 
@@ -309,6 +385,8 @@ def workdir(tmp_path):
             p.write_text(content)
     for name, spec in SPECS.items():
         (tmp_path / name).write_text(yaml.safe_dump(spec))
+    for name, target in LINKS.items():
+        (tmp_path / name).symlink_to(target)
     sqlite3 = __import__("sqlite3")
     sqlite3.connect(tmp_path / "m.db").execute("create table t (x)").connection.close()  # a valid SQLite file
     run = tmp_path / "old_run"  # an existing run folder: must never be overwritten
@@ -356,6 +434,8 @@ def test_hostile_input_in_process(case, workdir, busy_port, monkeypatch, capsys)
     name, argv, expected = case
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("CLREPRO_CONFIG_DIR", "/nonexistent" if name in NO_CONFIG_DIR else str(ROOT / "configs"))
+    for var, value in ENV.get(name, {}).items():
+        monkeypatch.setenv(var, value)
     for var in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AIR_NEW_OUTPUT", "TUNE_DISABLE_STRICT_METRIC_CHECKING",
                 "TUNE_PRINT_ALL_TRIAL_ERRORS", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(var, raising=False)  # restored after the case
@@ -373,7 +453,7 @@ def test_hostile_input_in_process(case, workdir, busy_port, monkeypatch, capsys)
 @pytest.mark.parametrize("name", SUBPROCESS)
 def test_hostile_input_as_a_subprocess(name, workdir, busy_port):
     _, argv, expected = next(c for c in CASES if c[0] == name)
-    env = {**os.environ, "CLREPRO_CONFIG_DIR": str(ROOT / "configs")}
+    env = {**os.environ, "CLREPRO_CONFIG_DIR": str(ROOT / "configs"), **ENV.get(name, {})}
     env.pop("RAY_ADDRESS", None)
     before = snapshot(workdir)
     p = subprocess.run([CLREPRO, *_argv(argv, busy_port)], cwd=workdir, env=env, capture_output=True, text=True,
@@ -396,3 +476,33 @@ def test_existing_run_folder_is_never_overwritten(workdir, monkeypatch, capsys):
 def test_the_module_has_sixty_inputs_across_every_command():
     assert len(CASES) >= 60
     assert {c[1][0] for c in CASES} == {"run", "sweep", "table", "metrics", "list", "ui"}
+
+
+@pytest.mark.parametrize("tail, expected", [
+    ("bomb: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{b}: &{b} [{', '.join(['*' + a] * 10)}]\n" for a, b in zip("abcd", "bcde")),
+     "algorithm/hat.yaml: its YAML aliases expand to more than 10,000 values"),
+    ("broken: [1, 2\n", "algorithm/hat.yaml: not valid YAML (line"),
+])
+def test_a_bad_group_file_of_the_config_folder_is_named_with_its_line(tail, expected, tmp_path, monkeypatch,
+                                                                      capsys):
+    """A group file that Hydra would expand for minutes, or that does not parse, is named itself (not the
+    experiment that includes it), before any composition or training."""
+    cdir = tmp_path / "configs"
+    shutil.copytree(ROOT / "configs", cdir)
+    with open(cdir / "algorithm" / "hat.yaml", "a") as f:
+        f.write(tail)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLREPRO_CONFIG_DIR", str(cdir))
+    rc = main(["run", "hat_pmnist", *TINY])
+    check(rc, "", capsys.readouterr().err, expected)
+
+
+def test_a_fifo_in_the_experiment_folder_does_not_block_listing(tmp_path, monkeypatch, capsys):
+    cdir = tmp_path / "configs"
+    shutil.copytree(ROOT / "configs", cdir)
+    os.mkfifo(cdir / "experiment" / "pipe.yaml")
+    monkeypatch.setenv("CLREPRO_CONFIG_DIR", str(cdir))
+    assert main(["list", "experiments"]) == 0  # would block reading the FIFO
+    out = capsys.readouterr().out
+    assert "hat_pmnist" in out and "pipe" not in out

@@ -142,9 +142,12 @@ def _check_range(value: Any, meta: dict, key: str) -> None:
                 if v in seen:
                     raise ConfigError(key, f"repeats {v!r}", "distinct values")
                 seen.append(v)
-    if isinstance(value, dict):  # a typed mapping's values meet its range; a raw section is built on its own
-        ranged = any(meta.get(k) is not None for k in ("low", "high", "choices"))
-        items = list(value.values()) if ranged else []
+    if isinstance(value, dict):  # a typed mapping's values meet its range, each named; a raw section is built
+        items = []               # on its own
+        if any(meta.get(k) is not None for k in ("low", "high", "choices")):
+            element = {k: meta.get(k) for k in ("choices", "low", "high", "low_open", "high_open")}
+            for k, v in value.items():
+                _check_range(v, element, f"{key}.{k}")
     else:
         items = value if isinstance(value, list) else [value]
     for v in items:
