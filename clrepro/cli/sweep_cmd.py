@@ -69,17 +69,17 @@ def _param(v) -> str:
 
 
 def main(args) -> int:
-    from clrepro.sweep.runner import run_sweep
-
-    resume = args.resume if args.resume not in (None, "latest") else (True if args.resume == "latest" else None)
+    from clrepro.sweep.runner import plan_sweep, run_sweep
     from clrepro.sweep.spec import load_sweeps
 
-    variants = args.variant or [s.variant for s in load_sweeps(args.file)]  # all of a file's variants, in order
+    resume = args.resume if args.resume not in (None, "latest") else (True if args.resume == "latest" else None)
+    variants = list(dict.fromkeys(args.variant or [s.variant for s in load_sweeps(args.file)]))  # in file order
+    # every variant is checked before the first one starts: a broken last variant is not found hours later
+    plans = [plan_sweep(args.file, address=args.address, tracking_uri=args.tracking_uri, resume=resume,
+                        tune_path=args.storage, num_cpus=args.num_cpus, variant=variant) for variant in variants]
     ok = True
-    for variant in variants:
-        outcome = run_sweep(args.file, address=args.address, tracking_uri=args.tracking_uri, resume=resume,
-                            tune_path=args.storage, num_cpus=args.num_cpus, progress=not args.quiet, variant=variant,
-                            plugins=args.plugin)
+    for plan in plans:
+        outcome = run_sweep(plan=plan, progress=not args.quiet, plugins=args.plugin)
         print_summary(outcome)
         ok = ok and any(t.status == "DONE" for t in outcome.trials)
     return 0 if ok else 1

@@ -11,12 +11,14 @@ def main(args) -> int:
     import socket
 
     from clrepro.errors import UserError
-    from clrepro.tracking.mlflow_store import checked_tracking_uri
+    from clrepro.tracking.mlflow_store import check_store_contents, checked_tracking_uri
 
-    uri = checked_tracking_uri(args.tracking_uri, must_exist=True)
+    uri = checked_tracking_uri(args.tracking_uri, must_exist=True, contents=False)  # its contents: once bindable
     if uri.startswith(("http://", "https://", "databricks")):
         raise UserError(f"--tracking-uri {uri}: a tracking server has its own UI there; `clrepro ui` serves a "
                         "database store (sqlite:///PATH, postgresql://...)")
+    if not args.host.strip():  # '' would listen on every interface
+        raise UserError("--host '': is empty (allowed: an address or host name, e.g. 127.0.0.1 or 0.0.0.0)")
     try:  # the address must be free and bindable now: mlflow's own error would come as a traceback
         infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
         with socket.socket(infos[0][0], socket.SOCK_STREAM) as sock:
@@ -24,6 +26,7 @@ def main(args) -> int:
     except (OSError, UnicodeError) as e:
         raise UserError(f"--host {args.host} --port {args.port}: cannot listen there ({getattr(e, 'strerror', None) or e})") \
             from None
+    check_store_contents(uri)  # an unrelated SQLite database: MLflow would write its tables into it
     # --app-name clrepro: MLflow's server whose page defaults to "Model training" (clrepro/tracking/ui_app.py)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", "1", "--app-name", "clrepro"]

@@ -9,16 +9,17 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
-from clrepro.config.load import from_resolved, load_experiment, resolved_dict
+from clrepro.config.load import from_resolved
 from clrepro.config.schema import METRICS
-from clrepro.errors import ConfigError, UserError
-from clrepro.sweep.spec import SweepSpec, apply_params, grid_size, load_sweep, optuna_space
+from clrepro.errors import UserError
+from clrepro.sweep.plan import (SweepPlan, base_config, check_resources_against,  # noqa: F401 (re-exported)
+                                plan_sweep)
+from clrepro.sweep.spec import SweepSpec, grid_size, optuna_space
 from clrepro.sweep.trial import TrialContext, log_trial_summary
 from clrepro.tracking.mlflow_store import (GROUP, LEVEL, PARENT, SWEEP, SWEEP_DIR, TAG, TRIAL_ID, MlflowStore,
-                                           checked_tracking_uri, flatten)
+                                           flatten)
 
 
 @dataclass
@@ -76,53 +77,6 @@ def _interrupted(results, total: int) -> bool:
     return len(trials) < total or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
-def _probes(dim) -> list:
-    """The values of a dimension the config is checked with: every categorical choice, both bounds."""
-    if dim.type == "categorical":
-        return list(dim.choices)
-    if dim.type == "int":
-        return [int(dim.low), int(dim.high)]
-    return [float(dim.low), float(dim.high)]
-
-
-def base_config(spec: SweepSpec, source: str) -> dict:
-    """The experiment's resolved config; every search-space value Optuna may sample is checked up front
-    (each categorical choice, the bounds of a range) against the experiment's schema."""
-    try:
-        cfg = resolved_dict(load_experiment(spec.experiment.name, spec.experiment.overrides))
-    except ConfigError as e:
-        where = f" (in {e.source})" if e.source and e.source != spec.experiment.name else ""
-        key = "experiment.name" if e.key == "experiment" else f"experiment: {e.key}"
-        raise ConfigError(key, f"{e.problem}{where}", e.allowed, source) from None
-    except UserError as e:
-        raise ConfigError("experiment.name", str(e), None, source) from None
-    for key, dim in spec.search_space.items():
-        for probe in _probes(dim):
-            try:
-                from_resolved(apply_params(cfg, {key: probe}))
-            except ConfigError as e:
-                problem = e.problem if e.key == key else f"{e.key}: {e.problem}"
-                if dim.type == "categorical" and len(dim.choices) > 1:
-                    problem = f"choice {probe!r}: {problem}"
-                raise ConfigError(f"search_space.{key}", problem, e.allowed, source) from None
-    return cfg
-
-
-def _sweep_dir(spec: SweepSpec, root: Path, resume: str | bool | None) -> tuple[Path, bool]:
-    if not resume:
-        return root / f"{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}", False
-    if resume is True:
-        found = sorted((p for p in root.glob(f"{spec.name}-*") if (p / "tuner.pkl").exists()),
-                       key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise UserError(f"--resume: no interrupted sweep '{spec.name}-*' under {root}")
-        return found[-1], True
-    path = Path(resume).resolve()
-    if not (path / "tuner.pkl").exists():
-        raise UserError(f"--resume {resume}: not a Tune sweep folder (no tuner.pkl)")
-    return path, True
-
-
 def _check_address(address: str) -> None:
     """`--address`: auto, ray://..., or HOST:PORT of a GCS that answers (ray.init would otherwise wait)."""
     if address in ("auto", "local") or address.startswith("ray://"):
@@ -170,35 +124,12 @@ def _init_ray(address: str | None, num_cpus: int | None):
     return ray, True
 
 
-def _local_resources(num_cpus: int | None) -> dict[str, float] | None:
-    """What a local Ray instance will have (Ray's own detection), known before starting it; None if unknown."""
-    try:
-        from ray._private.accelerators import get_accelerator_manager_for_resource
-        from ray._private.utils import get_num_cpus
-
-        gpus = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
-        return {"CPU": float(num_cpus or get_num_cpus()), "GPU": float(gpus)}
-    except Exception:  # a Ray without these helpers: the check after start-up decides
-        return None
-
-
-def _check_resources_against(have: dict[str, float], largest: dict[str, float], spec: SweepSpec, source: str,
-                             what: str) -> None:
-    text = f"CPU {have.get('CPU', 0):g}, GPU {have.get('GPU', 0):g}"
-    for key, need in (("cpu", spec.resources.cpu), ("gpu", spec.resources.gpu)):
-        best = largest.get(key.upper(), 0)
-        if need > 0 and need > best + 1e-9:
-            where = f"{what} has {text}" + (f"; its largest node {best:g} {key.upper()}" if largest is not have else "")
-            raise ConfigError(f"resources.{key}", f"{need:g} per trial, but {where}: no trial could start",
-                              f"at most {best:g}", source)
-
-
 def _check_resources(ray, spec: SweepSpec, source: str) -> None:
     """Fail fast when no node of the cluster can ever hold one trial (Tune would wait forever)."""
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     total = dict(ray.cluster_resources())
     largest = {k: max((n.get(k, 0) for n in nodes), default=0) for k in ("CPU", "GPU")}
-    _check_resources_against(total, largest if len(nodes) > 1 else total, spec, source, "the cluster")
+    check_resources_against(total, largest if len(nodes) > 1 else total, spec, source, "the cluster")
 
 
 class Background:
@@ -486,42 +417,33 @@ def _optuna_plots(store: MlflowStore, parent: str, spec: SweepSpec, trials: list
         store.log_artifacts(parent, Path(d))
 
 
-def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: str | None = None,
+def run_sweep(spec_path: str | Path | None = None, address: str | None = None, tracking_uri: str | None = None,
               resume: str | bool | None = None, tune_path: str | None = None, num_cpus: int | None = None,
-              progress: bool = True, variant: str | None = None, plugins: list[str] = ()) -> SweepOutcome:
+              progress: bool = True, variant: str | None = None, plugins: list[str] = (),
+              plan: SweepPlan | None = None) -> SweepOutcome:
     """Validate, search with Tune + Optuna, re-run the best on the report seeds, log everything to MLflow.
 
     `plugins` (`--plugin`): regularizer plug-ins loaded here and shipped with the trial context, so every worker,
-    local or on another node, registers them before it builds a trial's config.
+    local or on another node, registers them before it builds a trial's config. `plan`: a `plan_sweep` made
+    earlier (the other arguments but `progress` and `plugins` are then its own).
 
     Everything the inputs decide is checked before Ray starts (the sweep file, the experiment and every
     search-space value, the tracking URI, the storage path) or right after (the resources a trial asks
     against the cluster's), before anything is written. Once the parent run exists, the sweep ends with no
     run RUNNING: FINISHED, FAILED (an error), or KILLED (interrupted; `--resume` continues it)."""
-    from clrepro.files import check_output_dir
-
     start = time.perf_counter()
     from clrepro.plugins import ship
 
     shipped = tuple(ship(p) for p in plugins)  # registered here first: the sweep file may name them
-    spec_path = Path(spec_path)
-    spec = load_sweep(spec_path, variant)
-    uri = checked_tracking_uri(tracking_uri or spec.storage.tracking_uri,
-                               "--tracking-uri" if tracking_uri else "storage.tracking_uri",
-                               None if tracking_uri else str(spec_path))
-    try:
-        root = check_output_dir(tune_path or spec.storage.tune_path, "--storage" if tune_path else
-                                f"{spec_path}: storage.tune_path", must_be_new=False).resolve()
-    except OSError as e:
-        raise UserError(f"{spec_path}: storage.tune_path: {e}") from None
-    sweep_dir, resuming = _sweep_dir(spec, root, resume)
+    if plan is None:
+        plan = plan_sweep(spec_path, address, tracking_uri, resume, tune_path, num_cpus, variant)
+    spec, spec_path, uri, root, base = plan.spec, plan.spec_path, plan.uri, plan.root, plan.base
+    sweep_dir, resuming, address, num_cpus = plan.sweep_dir, plan.resuming, plan.address, plan.num_cpus
     if address and uri.startswith("sqlite:"):
         from clrepro.console import console
 
         console.print("[yellow]note: a multi-node sweep needs an MLflow server all nodes reach "
                       "(--tracking-uri http://HOST:PORT); sqlite works only where every node shares this disk[/yellow]")
-
-    base = base_config(spec, str(spec_path))  # every problem in the sweep file is reported before Ray starts
 
     def open_store():
         from clrepro.tracking.names import sweep_description
@@ -538,8 +460,6 @@ def run_sweep(spec_path: str | Path, address: str | None = None, tracking_uri: s
 
         return open_store() if with_store else None
 
-    if not address and (local := _local_resources(num_cpus)) is not None:  # fail fast, before Ray starts
-        _check_resources_against(local, local, spec, str(spec_path), "the local Ray instance")
     # an --address sweep opens the store only once the cluster answered, so a wrong address leaves no store behind
     setup = Background(prepare, address is None)
     started = False

@@ -81,10 +81,16 @@ class Sampler:
     n_startup_trials: int = hp(5, low=0, high=10**6, doc="TPE: random trials before modelling")
 
 
+def not_empty(v: str):
+    """An empty or blank value would silently mean the default: it is refused."""
+    return ("is empty", "a value, or leave the key out for the default") if not v.strip() else None
+
+
 @dataclass
 class Storage:
-    tracking_uri: str = hp("sqlite:///mlflow.db", doc="MLflow tracking URI (a server for multi-node sweeps)")
-    tune_path: str = hp("ray_results", doc="Ray Tune storage path (shared storage on a cluster)")
+    tracking_uri: str = hp("sqlite:///mlflow.db", check=not_empty,
+                           doc="MLflow tracking URI (a server for multi-node sweeps)")
+    tune_path: str = hp("ray_results", check=not_empty, doc="Ray Tune storage path (shared storage on a cluster)")
 
 
 @dataclass
@@ -142,6 +148,10 @@ def expand_variants(raw: dict, path: Path) -> dict[str | None, dict]:
         raise ConfigError("search_space", "expected a mapping {dotted.key: {type: ...}}", None, str(path))
     out = {}
     for name, v in variants.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError("variants", f"variant name {name!r} is not a non-empty string (two names that read "
+                              "the same, 1 and '1', would be one variant)", "names such as ewc or si; quote a "
+                              "number: '1'", str(path))
         if v is not None and not isinstance(v, dict):
             raise ConfigError(f"variants.{name}", "expected a mapping", VARIANT_KEYS, str(path))
         v = dict(v or {})
@@ -155,13 +165,13 @@ def expand_variants(raw: dict, path: Path) -> dict[str | None, dict]:
                               None, str(path))
         r = copy.deepcopy(raw)
         r["name"] = f"{raw.get('name')}-{name}"
-        r["variant"] = str(name)
+        r["variant"] = name
         exp = dict(r.get("experiment") or {})
         exp["overrides"] = [*exp.get("overrides", []), *v.pop("overrides", [])]
         r["experiment"] = exp
         r["search_space"] = {**(r.get("search_space") or {}), **v.pop("search_space", {})}
         r.update(v)
-        out[str(name)] = r
+        out[name] = r
     return out
 
 

@@ -4,86 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from clrepro.tracking.uri import (TRACKING_SCHEMES, absolute_tracking_uri,  # noqa: F401  (re-exported)
+                                  check_store_contents, checked_tracking_uri)
 
 TAG = "clrepro."  # prefix of every clrepro tag
 LEVEL, SWEEP, SWEEP_DIR, TRIAL_ID, GROUP, SEED = (TAG + k for k in
                                                   ("level", "sweep", "sweep_dir", "trial_id", "group", "seed"))
 PARENT = "mlflow.parentRunId"
-
-
-def absolute_tracking_uri(uri: str | None) -> str:
-    """`sqlite:///rel.db` → `sqlite:////abs/rel.db`, so every Ray worker writes the same file."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    return uri
-
-
-TRACKING_SCHEMES = "sqlite:///PATH, http(s)://HOST:PORT, postgresql://..., mysql://..., mssql://..., databricks"
-
-
-def checked_tracking_uri(uri: str | None, key: str = "--tracking-uri", source: str | None = None,
-                         must_exist: bool = False) -> str:
-    """The absolute tracking URI, or a ConfigError naming `key`: a scheme MLflow's stores accept, a SQLite file
-    in an existing folder (and a SQLite database if it exists), a server that answers. Nothing is created."""
-    from urllib.parse import urlparse
-
-    from clrepro.errors import ConfigError
-
-    uri = absolute_tracking_uri(uri)
-
-    def bad(problem: str, allowed: str | None = TRACKING_SCHEMES):
-        return ConfigError(key, f"{uri[:120]!r}: {problem}", allowed, source)
-
-    if "\x00" in uri or any(c in uri for c in "\n\r"):
-        raise bad("not a URI")
-    if uri.startswith("sqlite:"):
-        if not uri.startswith("sqlite:///") or len(uri) <= len("sqlite:///"):
-            raise bad("a SQLite URI is sqlite:///relative/path.db or sqlite:////absolute/path.db")
-        path = Path(uri[len("sqlite:///"):])
-        if path.is_dir():
-            raise bad("is a folder, not a SQLite file")
-        if path.exists():
-            try:
-                with open(path, "rb") as f:
-                    head = f.read(16)
-            except OSError as e:
-                raise bad(f"cannot be read ({e.strerror or e})", None) from None
-            if head and head != b"SQLite format 3\x00":
-                raise bad("is not a SQLite database", None)
-        elif must_exist:
-            raise bad("does not exist (run a sweep or a table --run first)", None)
-        elif not path.parent.is_dir():
-            raise bad(f"folder {path.parent} does not exist", None)
-        elif not os.access(path.parent, os.W_OK):
-            raise bad(f"folder {path.parent} is not writable", None)
-        return uri
-    parsed = urlparse(uri)
-    scheme = parsed.scheme.split("+")[0].lower()
-    if scheme in ("http", "https"):
-        if not parsed.hostname:
-            raise bad("has no host")
-        try:
-            port = parsed.port or (443 if scheme == "https" else 80)
-        except ValueError:
-            raise bad("has an invalid port") from None
-        import socket
-
-        try:
-            socket.create_connection((parsed.hostname, port), timeout=3).close()
-        except OSError as e:
-            raise bad(f"no tracking server answers at {parsed.hostname}:{port} ({e.strerror or e})",
-                      "a running `mlflow server`") from None
-        return uri
-    if scheme in ("postgresql", "mysql", "mssql", "databricks"):
-        return uri
-    if scheme in ("", "file"):
-        raise bad("the file store (./mlruns) is refused by MLflow 3; use a SQLite file")
-    raise bad(f"unsupported scheme '{parsed.scheme}'")
 
 
 RETRY_SECONDS = 60.0  # how long a write waits for a busy store (8+ concurrent trials on one SQLite file)
