@@ -15,9 +15,10 @@ def main(args) -> int:
     from clrepro.tracking.mlflow_store import checked_tracking_uri
 
     spec = load_table(args.spec)
-    spec.tracking_uri = checked_tracking_uri(args.tracking_uri or spec.tracking_uri,
-                                             "--tracking-uri" if args.tracking_uri else "tracking_uri",
-                                             None if args.tracking_uri else args.spec)
+    given = args.tracking_uri is not None  # an empty --tracking-uri is refused, never read as "not given"
+    spec.tracking_uri = checked_tracking_uri(args.tracking_uri if given else spec.tracking_uri,
+                                             "--tracking-uri" if given else "tracking_uri",
+                                             None if given else args.spec)
     if args.out:
         check_output_dir(args.out, "--out", must_be_new=False)  # before any run is produced
     reader = RunReader(spec.tracking_uri)

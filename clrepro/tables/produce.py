@@ -58,27 +58,30 @@ def _one_thread() -> None:
 
 def _produce(spec: TableSpec, reader: RunReader, log, refs: str, jobs: int = 1) -> int:
     made = 0
-    done_sweeps: set[str] = set()
+    sweeps: dict[str, tuple] = {}  # sweep name → (its plan, what it is for): every one planned before any runs
     pending: list[tuple[Selector, int, str]] = []
     for row in spec.rows:
         for bench, sel in row.runs.items():
             if sel.sweep:
-                if sel.sweep_file and sel.sweep not in done_sweeps and reader.latest_sweep_run(sel.sweep) is None:
-                    from clrepro.sweep.runner import run_sweep
+                if sel.sweep_file and sel.sweep not in sweeps and reader.latest_sweep_run(sel.sweep) is None:
+                    from clrepro.sweep.plan import plan_sweep
                     from clrepro.sweep.spec import load_sweeps
 
-                    log(f"running sweep {sel.sweep} ({sel.sweep_file}) for {row.label} / {bench}")
-
                     variants = {s.name: s.variant for s in load_sweeps(sel.sweep_file)}
-                    run_sweep(sel.sweep_file, tracking_uri=spec.tracking_uri, progress=False,
-                              variant=variants.get(sel.sweep))
-                    done_sweeps.add(sel.sweep)
-                    made += 1
+                    plan = plan_sweep(sel.sweep_file, tracking_uri=spec.tracking_uri, variant=variants.get(sel.sweep))
+                    sweeps[sel.sweep] = (sel, plan, f"{row.label} / {bench}")
             elif sel.experiment:
                 have = {v.seed for v in reader.read(sel)}
                 for seed in sel.seeds:
                     if seed not in have:
                         pending.append((sel, seed, f"{sel.experiment} seed {seed} for {row.label} / {bench}"))
+    for name, (sel, plan, what) in sweeps.items():
+        from clrepro.sweep.runner import run_sweep
+
+        log(f"running sweep {name} ({sel.sweep_file}) for {what}")
+        run_sweep(sel.sweep_file, tracking_uri=spec.tracking_uri, progress=False, variant=plan.spec.variant,
+                  plan=plan)
+        made += 1
     if jobs == 1 or len(pending) < 2:
         import torch
 
