@@ -15,20 +15,10 @@ import yaml
 
 from clrepro.cli.main import main
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["benchmark=pdigits", "benchmark.num_tasks=2", "backbone.hidden=[16]", "trainer.epochs=1",
-        "trainer.batch_size=64", "metrics=[AA,BWT]", "trainer.threads=1"]
+from test_hostile_input import ROOT, sweep
+
 LONG = "sqlite:///" + "x" * 300 + ".db"
 POSTGRES = "postgresql://u:secret@127.0.0.1:1/db"
-
-
-def sweep(**changes) -> dict:
-    spec = {"name": "h", "experiment": {"name": "hat_pmnist", "overrides": TINY},
-            "search_space": {"optimizer.lr": {"type": "float", "low": 0.001, "high": 0.01, "log": True}},
-            "metrics": ["AA", "BWT"], "seeds": {"tune": [1], "report": [7]}, "num_samples": 2,
-            "storage": {"tracking_uri": "sqlite:///mlflow.db", "tune_path": "ray_results"}}
-    spec.update(changes)
-    return spec
 
 
 def space(key: str, **dim) -> dict:
