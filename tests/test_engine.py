@@ -184,3 +184,29 @@ def test_a_last_run_frees_the_cached_tasks_before_its_plots_and_a_sweep_run_keep
     assert len(benchmarks._TASK_CACHE) == 0
     assert (tmp_path / "b" / "acc_matrix.png").is_file()
     assert np.array_equal(kept.main.acc, last.main.acc, equal_nan=True)
+
+
+def test_a_lone_run_caches_no_task_and_a_run_with_references_keeps_them_for_the_reference(tiny, tmp_path):
+    """A last run that trains on its tasks once (no reference computed now) holds only the current task and the
+    test splits: no cached train split adds to its peak RSS. With a reference to run, the tasks stay cached."""
+    from clrepro.data import benchmarks
+    from clrepro.engine.listeners import Listener
+
+    class CacheSize(Listener):
+        def __init__(self):
+            self.sizes = []
+
+        def on_task_end(self, **kw):
+            self.sizes.append(len(benchmarks._TASK_CACHE))
+
+    cfg = tiny("finetuning_pmnist")
+    benchmarks.release_task_cache()
+    lone, seen = CacheSize(), CacheSize()
+    single = run_experiment(cfg, None, [lone], last_run=True)
+    cached = run_experiment(cfg, None, [seen])
+    assert lone.sizes == [0, 0, 0] and seen.sizes == [1, 2, 3]
+    assert np.array_equal(single.main.acc, cached.main.acc, equal_nan=True)
+    benchmarks.release_task_cache()
+    with_ref = CacheSize()
+    run_experiment(tiny("finetuning_pmnist", "metrics=[AA,FWT]"), None, [with_ref], last_run=True)
+    assert with_ref.sizes[:3] == [1, 2, 3]  # the independent reference trains on the same tasks next

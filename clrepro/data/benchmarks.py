@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,18 @@ from clrepro.registry import BENCHMARKS
 
 _TASK_CACHE: OrderedDict[tuple, Task] = OrderedDict()
 TASK_CACHE_BYTES = 512 * 2**20  # per process: a sweep worker builds each task once, not once per run
+_CACHING = [True]
+
+
+@contextmanager
+def single_pass():
+    """Within it, tasks are built but not cached: the process trains on each task once (a lone run without
+    references), so a cached task would only hold its train split until the run ends and raise peak RSS."""
+    _CACHING.append(False)
+    try:
+        yield
+    finally:
+        _CACHING.pop()
 
 
 def release_task_cache() -> None:
@@ -80,7 +93,7 @@ class Benchmark:
             return _TASK_CACHE[key]
         task = self.build_task(t)
         size = _nbytes(task)
-        if size <= TASK_CACHE_BYTES // 4:
+        if _CACHING[-1] and size <= TASK_CACHE_BYTES // 4:
             _TASK_CACHE[key] = task
             while sum(_nbytes(v) for v in _TASK_CACHE.values()) > TASK_CACHE_BYTES:
                 _TASK_CACHE.popitem(last=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -13,7 +14,7 @@ import numpy as np
 
 from clrepro.config.load import config_hash, resolved_dict
 from clrepro.config.schema import CUL_METRICS, ExperimentConfig
-from clrepro.data.benchmarks import release_task_cache
+from clrepro.data.benchmarks import release_task_cache, single_pass
 from clrepro.engine.loop import Engine, run
 from clrepro.engine.references import cul_reference_config, needed_cul_references, needed_references, reference_config
 from clrepro.engine.unlearning import UnlearningPlan
@@ -126,6 +127,12 @@ def _cul(cfg: ExperimentConfig, engine: Engine, acc: np.ndarray, seed: int, list
     return out, refs, seconds
 
 
+def _trains_again(cfg: ExperimentConfig, engine: Engine) -> bool:
+    """Whether the run trains on its tasks again after the main run: a reference computed now, or unlearning's."""
+    return (any(getattr(cfg.references, k) == "auto" for k in needed_references(cfg))
+            or engine.plan is not None or any(m in cfg.metrics for m in CUL_METRICS))
+
+
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, listeners: Iterable = (),
                    reference_listeners: Iterable | None = None, seed: int | None = None,
                    reference_cache: ReferenceCache | None = None, title: str | None = None,
@@ -133,7 +140,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, lis
     """Run main + needed references with one seed, compute AA/BWT/FWT/FR, write the run folder if asked
     (with its plots unless `plots` is false). `last_run`: nothing else in this process needs the tasks, so
     they are freed before the run folder is written (plotting then reuses their memory: peak RSS stays at
-    training's).
+    training's); if it also computes no reference now, no task is cached at all (each is used once).
 
     A run that fails once training has started raises RunFailed after writing what it produced to `out_dir`
     (matrix so far, history, config, references done, manifest with status FAILED, error.txt); an interrupted
@@ -149,7 +156,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, lis
     refs, sources = {}, {}
     try:
         engine = Engine(cfg, seed, listeners)
-        main = engine.run()
+        with single_pass() if last_run and not _trains_again(cfg, engine) else nullcontext():
+            main = engine.run()
         engine_seconds = main.train_seconds + main.eval_seconds
         for kind in needed_references(cfg):
             if getattr(cfg.references, kind) == "off":
