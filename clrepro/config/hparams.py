@@ -32,13 +32,14 @@ def hp(default: Any = dataclasses.MISSING, *, doc: str = "", choices: Iterable |
     return dataclasses.field(default=default, metadata=meta)
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
+    """A declared type as the error messages and `clrepro list` name it (`null` for None)."""
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a config value to the declared type, or raise ConfigError."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -49,22 +50,22 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         real = [a for a in args if a is not type(None)]
         for arg in real:
             try:
-                return _coerce(value, arg, key)
+                return coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(e)
         if len(errors) == 1:
             raise errors[0]
-        raise ConfigError(key, f"expected {' or '.join(_type_name(a) for a in args)}, got {_short(value)}")
+        raise ConfigError(key, f"expected {' or '.join(type_name(a) for a in args)}, got {_short(value)}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(key, f"expected a list, got {_short(value)}")
         (arg, *_) = typing.get_args(tp) or (Any,)
-        return [_coerce(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [coerce(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(key, f"expected a mapping, got {_short(value)}")
         kt, vt = typing.get_args(tp) or (Any, Any)
-        return {k: _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+        return {k: coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
     if tp in (dict, list):  # a bare container type: the shape is still checked
@@ -195,7 +196,7 @@ def build(schema: type, node: dict | None, prefix: str, extra_ok: Iterable[str] 
         if dataclasses.is_dataclass(tp):
             kwargs[name] = build(tp, node[name], key, extra_ok=())
             continue
-        value = _coerce(node[name], tp, key)
+        value = coerce(node[name], tp, key)
         _check_range(value, f.metadata, key)
         kwargs[name] = value
     return schema(**kwargs)
@@ -207,7 +208,7 @@ def _check_default(schema: type, f: dataclasses.Field, tp: Any, key: str) -> Non
     if dataclasses.is_dataclass(value) or dataclasses.is_dataclass(tp):
         return
     try:
-        _check_range(_coerce(value, tp, key), f.metadata, key)
+        _check_range(coerce(value, tp, key), f.metadata, key)
     except ConfigError as e:
         raise ConfigError(key, f"the default of {schema.__qualname__}.{f.name}: {e.problem}", e.allowed) from None
 
@@ -236,6 +237,6 @@ def describe(schema: type) -> list[dict]:
         doc = m.get("doc", "")
         if m.get("bug"):
             doc = f"{doc} ({m['bug']})"
-        rows.append({"name": f.name, "type": _type_name(hints[f.name]), "default": default,
+        rows.append({"name": f.name, "type": type_name(hints[f.name]), "default": default,
                      "allowed": allowed, "doc": doc})
     return rows

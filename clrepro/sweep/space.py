@@ -6,7 +6,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from clrepro.config.hparams import _coerce, _type_name
+from clrepro.config.hparams import coerce, type_name
 from clrepro.config.schema import ExperimentConfig
 from clrepro.errors import ConfigError
 
@@ -50,12 +50,12 @@ def leaf_problem(resolved: dict, key: str) -> tuple[str, str] | None:
 def _mismatch(value: Any, tp: Any, key: str) -> str | None:
     """Why hparams' coercion would refuse `value` for `tp`, or change its kind (32.0 → 32, '1' → 1.0)."""
     try:
-        coerced = _coerce(value, tp, key)
+        coerced = coerce(value, tp, key)
     except ConfigError as e:
         return e.problem
     if type(coerced) is type(value) or (type(value) is int and type(coerced) is float):
         return None
-    return f"{value!r} is a {type(value).__name__}, the key is declared {_type_name(tp)}"
+    return f"{value!r} is a {type(value).__name__}, the key is declared {type_name(tp)}"
 
 
 def check_dimension_type(cfg: ExperimentConfig, key: str, dim, source: str | None) -> None:
@@ -70,11 +70,11 @@ def check_dimension_type(cfg: ExperimentConfig, key: str, dim, source: str | Non
             problem = _mismatch(c, tp, key)
             if problem:
                 raise ConfigError(f"{k}.choices", f"choice {c!r}: {problem}",
-                                  f"values of type {_type_name(tp)}", source)
+                                  f"values of type {type_name(tp)}", source)
         return
     sample = 0.5 if dim.type == "float" else 1  # any non-integral float Optuna may sample; any int
     if _mismatch(sample, tp, key):
         allowed = "type: int, or categorical integers" if _mismatch(1, tp, key) is None else \
-            f"type: categorical with values of type {_type_name(tp)}"
-        raise ConfigError(f"{k}.type", f"{'an' if dim.type == 'int' else 'a'} {dim.type} dimension, but {key} is declared {_type_name(tp)}",
+            f"type: categorical with values of type {type_name(tp)}"
+        raise ConfigError(f"{k}.type", f"{'an' if dim.type == 'int' else 'a'} {dim.type} dimension, but {key} is declared {type_name(tp)}",
                           allowed, source)
