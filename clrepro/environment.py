@@ -17,6 +17,7 @@ def flag(name: str) -> bool:
 
 def folder(name: str, value: str) -> Path:
     """`value` of variable `name` as a folder path: ~ expanded, made absolute; one line if it cannot be one."""
+    from clrepro.files import path_problem
     from clrepro.limits import NAME_MAX, PATH_MAX
 
     if "\x00" in value:
@@ -26,7 +27,7 @@ def folder(name: str, value: str) -> Path:
     except RuntimeError:  # ~user of an unknown user
         raise UserError(f"{name}={value}: cannot expand '{value.split('/')[0]}' (no such user's home folder)") from None
     p = p.absolute()
-    if len(os.fsencode(str(p))) > PATH_MAX or any(len(os.fsencode(part)) > NAME_MAX for part in p.parts):
+    if path_problem(p):
         raise UserError(f"{name}={value[:60]}...: path too long for the file system (at most {NAME_MAX} bytes "
                         f"per name, {PATH_MAX} in all)")
     if p.exists() and not p.is_dir():

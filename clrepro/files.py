@@ -208,23 +208,32 @@ def read_csv(path: str | Path, what: str = "CSV file",
     return header, rows
 
 
+def path_problem(name: str | Path) -> str | None:
+    """Why a path cannot name a file here (too long for the file system, in all or in one name), or None."""
+    from clrepro.limits import NAME_MAX, PATH_MAX
+
+    absolute = os.path.abspath(name)
+    if len(os.fsencode(absolute)) > PATH_MAX:
+        return f"the path is too long for the file system (at most {PATH_MAX} bytes)"
+    long = next((p for p in Path(absolute).parts if len(os.fsencode(p)) > NAME_MAX), None)
+    if long is not None:
+        return f"the name '{long[:40]}...' is too long for the file system (at most {NAME_MAX} bytes per name)"
+    return None
+
+
 def check_output_dir(path: str | Path, flag: str = "--out", must_be_new: bool = True) -> Path:
     """A folder to write into, checked without creating anything: not a file, not inside a file, each name
     short enough, the nearest existing parent writable; with `must_be_new`, absent or an empty folder."""
-    from clrepro.limits import MAX_PATH_DEPTH, NAME_MAX, PATH_MAX
+    from clrepro.limits import MAX_PATH_DEPTH
 
     text = str(path)
     p = Path(path)
     if not text or "\x00" in text:
         raise UserError(f"{flag} {path!r}: not a valid path")
-    if len(os.fsencode(os.path.abspath(text))) > PATH_MAX:
-        raise UserError(f"{flag} {text[:60]}...: path too long (at most {PATH_MAX} bytes)")
+    if problem := path_problem(text):
+        raise UserError(f"{flag} {text[:60]}...: {problem}")
     if len(p.parts) > MAX_PATH_DEPTH:
         raise UserError(f"{flag} {text[:60]}...: {len(p.parts)} folders deep (at most {MAX_PATH_DEPTH})")
-    for part in p.parts:
-        if len(os.fsencode(part)) > NAME_MAX:
-            raise UserError(f"{flag} {text[:60]}...: the name '{part[:40]}...' is too long for the file system "
-                            f"(at most {NAME_MAX} bytes per name)")
     try:
         exists = p.exists()
     except OSError as e:  # a symlink loop, a component that is a file...

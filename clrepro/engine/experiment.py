@@ -127,10 +127,14 @@ def _cul(cfg: ExperimentConfig, engine: Engine, acc: np.ndarray, seed: int, list
     return out, refs, seconds
 
 
+def _has_cul(cfg: ExperimentConfig, engine: Engine) -> bool:
+    """Whether the run unlearns or reports continual-unlearning metrics (and so runs `_cul` after the main run)."""
+    return engine.plan is not None or any(m in cfg.metrics for m in CUL_METRICS)
+
+
 def _trains_again(cfg: ExperimentConfig, engine: Engine) -> bool:
     """Whether the run trains on its tasks again after the main run: a reference computed now, or unlearning's."""
-    return (any(getattr(cfg.references, k) == "auto" for k in needed_references(cfg))
-            or engine.plan is not None or any(m in cfg.metrics for m in CUL_METRICS))
+    return any(getattr(cfg.references, k) == "auto" for k in needed_references(cfg)) or _has_cul(cfg, engine)
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, listeners: Iterable = (),
@@ -170,7 +174,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, lis
         metrics = compute_cl_metrics(main.acc, independent=refs.get("independent"), joint=refs.get("joint"),
                                      random=refs.get("random"), fr_variant=cfg.fr_variant)
         cul, cul_seconds = {}, 0.0
-        if engine.plan is not None or any(m in cfg.metrics for m in CUL_METRICS):
+        if _has_cul(cfg, engine):
             stage = "continual-unlearning references"
             cul, cul_refs, cul_seconds = _cul(cfg, engine, main.acc, seed, reference_listeners or ())
             refs.update(cul_refs)

@@ -79,8 +79,7 @@ def _produce(spec: TableSpec, reader: RunReader, log, refs: str, jobs: int = 1) 
         from clrepro.sweep.runner import run_sweep
 
         log(f"running sweep {name} ({sel.sweep_file}) for {what}")
-        run_sweep(sel.sweep_file, tracking_uri=spec.tracking_uri, progress=False, variant=plan.spec.variant,
-                  plan=plan)
+        run_sweep(plan=plan, progress=False)
         made += 1
     if jobs == 1 or len(pending) < 2:
         import torch

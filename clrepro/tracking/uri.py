@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from clrepro.errors import ConfigError
-from clrepro.limits import NAME_MAX, PATH_MAX
+from clrepro.files import path_problem
 
 TRACKING_SCHEMES = "sqlite:///PATH, http(s)://HOST:PORT, postgresql://..., mysql://..., mssql://..., databricks"
 MLFLOW_TABLES = ("experiments", "alembic_version")  # what every MLflow store has from its first migration
@@ -94,23 +94,12 @@ def _answers(host: str, port: int, bad: Callable, what: str, allowed: str) -> No
         raise bad(f"no {what} answers at {host}:{port} ({getattr(e, 'strerror', None) or e})", allowed) from None
 
 
-def _path_problem(name: str) -> str | None:
-    """Why a path cannot name a file here (too long for the file system), or None."""
-    absolute = os.path.abspath(name)
-    if len(os.fsencode(absolute)) > PATH_MAX:
-        return f"the path is too long for the file system (at most {PATH_MAX} bytes)"
-    long = next((p for p in Path(absolute).parts if len(os.fsencode(p)) > NAME_MAX), None)
-    if long is not None:
-        return f"the name '{long[:40]}...' is too long for the file system (at most {NAME_MAX} bytes per name)"
-    return None
-
-
 def _checked_sqlite(raw: str, bad: Callable, must_exist: bool) -> str:
     """The absolute sqlite:/// URI of a regular SQLite file (or of a new one in a writable folder)."""
     if not raw.startswith("sqlite:///") or len(raw) <= len("sqlite:///"):
         raise bad("a SQLite URI is sqlite:///relative/path.db or sqlite:////absolute/path.db")
     name = raw[len("sqlite:///"):]
-    problem = _path_problem(name)
+    problem = path_problem(name)
     if problem:
         raise bad(problem, None)
     try:
